@@ -1,0 +1,1 @@
+"""Channel modules, one per destination type, all behind the ``channels.base.Channel`` interface."""

@@ -1,0 +1,3 @@
+"""delivery-worker: claims alert notification jobs from PostgreSQL and delivers them."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,315 @@
+"""Worker configuration: one INI file plus environment overrides, parsed once into frozen dataclasses.
+
+Precedence, lowest first: built-in defaults, the INI file, the legacy variables the platform already
+uses (``DATABASE_URL``, ``WORKER_MAX_ATTEMPTS``, ``WORKER_BACKOFF_BASE_SECONDS``,
+``WORKER_BACKOFF_MAX_SECONDS``), then the general form ``DELIVERY_WORKER_<SECTION>_<KEY>`` for every
+key (e.g. ``DELIVERY_WORKER_WORKER_THREADS=16``). Nothing below this module reads the environment or
+the file again.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("config/worker.ini")
+CONFIG_PATH_ENV = "DELIVERY_WORKER_CONFIG"
+GENERAL_ENV_PREFIX = "DELIVERY_WORKER_"
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+LEGACY_ENV = {
+    "DATABASE_URL": ("database", "dsn"),
+    "WORKER_MAX_ATTEMPTS": ("worker", "max_attempts"),
+    "WORKER_BACKOFF_BASE_SECONDS": ("worker", "backoff_base_seconds"),
+    "WORKER_BACKOFF_MAX_SECONDS": ("worker", "backoff_max_seconds"),
+}
+
+
+class ConfigError(Exception):
+    """Raised when the configuration is invalid; the message names the section and key."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    dsn: str
+    migrate_dsn: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    threads: int
+    batch_size: int
+    poll_interval: float
+    max_attempts: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    quick_retries: int
+    quick_retry_budget_seconds: float
+    job_timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    connect_timeout: float
+    read_timeout: float
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class PagerDutySettings:
+    events_url: str
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SnmpSettings:
+    timeout: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    connect_timeout: float
+    publish_timeout: float
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings
+    worker: WorkerSettings
+    http: HttpSettings
+    pagerduty: PagerDutySettings
+    smtp: SmtpSettings
+    snmp: SnmpSettings
+    mqtt: MqttSettings
+    logging: LoggingSettings
+    source: str  # where the file came from, for messages
+
+
+# --- value parsers -------------------------------------------------------------------------------
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float, *, exclusive: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {text!r}")
+        if value < minimum or (exclusive and value == minimum):
+            raise ValueError(f"must be {'>' if exclusive else '>='} {minimum:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _optional_text(text: str) -> str:
+    return text.strip()
+
+
+def _http_url(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"expected one of DEBUG, INFO, WARNING, ERROR, got {text!r}")
+    return value
+
+
+# section -> key -> (default, parser). The INI example in config/worker.ini documents each key.
+SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
+    "database": {
+        "dsn": ("postgresql://127.0.0.1:5432/delivery_worker", _text),
+        "migrate_dsn": ("", _optional_text),
+    },
+    "worker": {
+        "threads": ("16", _int(1, 512)),
+        "batch_size": ("50", _int(1, 10_000)),
+        "poll_interval": ("1.0", _float(0.01)),
+        "max_attempts": ("5", _int(1)),
+        "backoff_base_seconds": ("30", _float(0)),
+        "backoff_max_seconds": ("7200", _float(0)),
+        "quick_retries": ("2", _int(0, 10)),
+        "quick_retry_budget_seconds": ("10", _float(0)),
+        "job_timeout_seconds": ("120", _float(1)),
+    },
+    "http": {
+        "connect_timeout": ("5", _float(0, exclusive=True)),
+        "read_timeout": ("15", _float(0, exclusive=True)),
+        "user_agent": ("delivery-worker/0.1", _text),
+    },
+    "pagerduty": {
+        "events_url": (PAGERDUTY_EVENTS_URL, _http_url),
+    },
+    "smtp": {
+        "timeout": ("15", _float(0, exclusive=True)),
+    },
+    "snmp": {
+        "timeout": ("3", _float(0, exclusive=True)),
+        "retries": ("1", _int(0, 5)),
+    },
+    "mqtt": {
+        "connect_timeout": ("5", _float(0, exclusive=True)),
+        "publish_timeout": ("10", _float(0, exclusive=True)),
+        "keepalive": ("60", _int(5, 3600)),
+    },
+    "logging": {
+        "level": ("INFO", _log_level),
+    },
+}
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """Return the config path and whether the operator named it explicitly (then it must exist)."""
+    if cli_path:
+        return Path(cli_path), True
+    if environ.get(CONFIG_PATH_ENV):
+        return Path(environ[CONFIG_PATH_ENV]), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration. Raises ConfigError with a one-line message."""
+    env = os.environ if environ is None else environ
+    path, explicit = resolve_config_path(cli_path, env)
+    raw: dict[str, dict[str, str]] = {section: {} for section in SCHEMA}
+    origin: dict[tuple[str, str], str] = {}
+
+    if path.exists():
+        _merge_file(path, raw, origin)
+    elif explicit:
+        raise ConfigError(f"{path}: config file not found")
+
+    for variable, (section, key) in LEGACY_ENV.items():
+        if env.get(variable, "").strip():
+            raw[section][key] = env[variable]
+            origin[(section, key)] = f"${variable}"
+    _merge_general_env(env, raw, origin)
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        values[section] = {}
+        for key, (default, parse) in keys.items():
+            text = raw[section].get(key, default)
+            try:
+                values[section][key] = parse(text)
+            except ValueError as exc:
+                where = origin.get((section, key), "default")
+                raise ConfigError(f"[{section}] {key}: {exc} (from {where})") from None
+
+    worker = values["worker"]
+    if worker["backoff_max_seconds"] < worker["backoff_base_seconds"]:
+        raise ConfigError(
+            "[worker] backoff_max_seconds: must be >= backoff_base_seconds "
+            f"({worker['backoff_max_seconds']:g} < {worker['backoff_base_seconds']:g})"
+        )
+    database = values["database"]
+    database["migrate_dsn"] = database["migrate_dsn"] or database["dsn"]
+
+    return Settings(
+        database=DatabaseSettings(**database),
+        worker=WorkerSettings(**worker),
+        http=HttpSettings(**values["http"]),
+        pagerduty=PagerDutySettings(**values["pagerduty"]),
+        smtp=SmtpSettings(**values["smtp"]),
+        snmp=SnmpSettings(**values["snmp"]),
+        mqtt=MqttSettings(**values["mqtt"]),
+        logging=LoggingSettings(**values["logging"]),
+        source=str(path) if path.exists() else "defaults",
+    )
+
+
+def _merge_file(path: Path, raw: dict[str, dict[str, str]], origin: dict[tuple[str, str], str]) -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: cannot parse: {first_line}") from None
+    for section in parser.sections():
+        if section not in SCHEMA:
+            known = ", ".join(SCHEMA)
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {known})")
+        for key, value in parser.items(section):
+            if key not in SCHEMA[section]:
+                known = ", ".join(SCHEMA[section])
+                raise ConfigError(f"{path}: [{section}] {key}: unknown key (known: {known})")
+            raw[section][key] = value
+            origin[(section, key)] = str(path)
+
+
+def _merge_general_env(
+    env: Mapping[str, str], raw: dict[str, dict[str, str]], origin: dict[tuple[str, str], str]
+) -> None:
+    for variable, value in env.items():
+        if not variable.startswith(GENERAL_ENV_PREFIX):
+            continue
+        rest = variable[len(GENERAL_ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in SCHEMA:
+            continue  # e.g. DELIVERY_WORKER_CONFIG
+        if key not in SCHEMA[section]:
+            raise ConfigError(f"${variable}: [{section}] {key}: unknown key")
+        raw[section][key] = value
+        origin[(section, key)] = f"${variable}"
+
+
+def redacted_view(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The effective settings with credentials in DSNs masked, for `check-config`."""
+    from dataclasses import asdict
+
+    view = asdict(settings)
+    view.pop("source")
+    for key in ("dsn", "migrate_dsn"):
+        view["database"][key] = redact_dsn(view["database"][key])
+    return view
+
+
+def redact_dsn(dsn: str) -> str:
+    """Mask the password in a URL or key=value DSN."""
+    import re
+
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", masked)
