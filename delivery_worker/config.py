@@ -60,6 +60,11 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    ca_file: str  # empty: the system trust store
+
+
+@dataclass(frozen=True)
 class PagerDutySettings:
     events_url: str
 
@@ -92,6 +97,7 @@ class Settings:
     database: DatabaseSettings
     worker: WorkerSettings
     http: HttpSettings
+    tls: TlsSettings
     pagerduty: PagerDutySettings
     smtp: SmtpSettings
     snmp: SnmpSettings
@@ -150,6 +156,13 @@ def _http_url(text: str) -> str:
     return value
 
 
+def _ca_file(text: str) -> str:
+    value = text.strip()
+    if value and not Path(value).is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
 def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -178,6 +191,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "connect_timeout": ("5", _float(0, exclusive=True)),
         "read_timeout": ("15", _float(0, exclusive=True)),
         "user_agent": ("delivery-worker/0.1", _text),
+    },
+    "tls": {
+        "ca_file": ("", _ca_file),
     },
     "pagerduty": {
         "events_url": (PAGERDUTY_EVENTS_URL, _http_url),
@@ -251,6 +267,7 @@ def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None
         database=DatabaseSettings(**database),
         worker=WorkerSettings(**worker),
         http=HttpSettings(**values["http"]),
+        tls=TlsSettings(**values["tls"]),
         pagerduty=PagerDutySettings(**values["pagerduty"]),
         smtp=SmtpSettings(**values["smtp"]),
         snmp=SnmpSettings(**values["snmp"]),
