@@ -1,0 +1,205 @@
+"""The poll loop: claim what the free threads can take, hand it to the pool, record what finished.
+
+The poller's thread is the only one that talks to the database (one connection); worker threads
+only deliver and put their ``Outcome`` on a queue. That split means a finished delivery is never
+lost to a database hiccup: outcomes wait in memory until they are written, and the loop reconnects
+with backoff while jobs keep running.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import structlog
+
+from delivery_worker.config import Settings
+from delivery_worker.db import Connection, DatabaseUnavailable, connect, transaction
+from delivery_worker.delivery import Deliverer
+from delivery_worker.jobs import Job, Outcome
+from delivery_worker.queues import JobQueue
+
+log = structlog.get_logger("delivery_worker.poller")
+
+RECONNECT_MIN_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 15.0
+
+
+class Poller:
+    def __init__(
+        self,
+        settings: Settings,
+        queues: Sequence[JobQueue],
+        deliverer: Deliverer,
+        stopping: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.queues = list(queues)
+        self.deliverer = deliverer
+        self.stopping = stopping
+        self.wake = threading.Event()
+        self.threads = settings.worker.threads
+        self.finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.unrecorded: list[Outcome] = []
+        self.in_flight: dict[str, Future[Outcome]] = {}
+        self.conn: Connection | None = None
+        self.outage_since: float | None = None
+        self.reconnect_delay = RECONNECT_MIN_SECONDS
+        self.cycle = 0
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, *, drain: bool = False) -> None:
+        """Poll until stopped (or, with drain, until nothing is due and nothing is in flight)."""
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="deliver") as pool:
+            while True:
+                self.wake.clear()
+                self._collect_finished()
+                claimed = self._record_and_claim()
+                for job in claimed:
+                    self._submit(pool, job)
+                if self.stopping.is_set() and not self.in_flight:
+                    break
+                if drain and not claimed and not self.in_flight and self._idle():
+                    break
+                if not self._should_poll_again_now(claimed):
+                    self.wake.wait(self._wait_seconds())
+            self._flush_on_exit()
+
+    def _should_poll_again_now(self, claimed: list[Job]) -> bool:
+        """A full claim means more may be waiting; claim again at once if threads are free."""
+        full = len(claimed) >= self.settings.worker.batch_size
+        return bool(claimed) and full and len(self.in_flight) < self.threads
+
+    def _wait_seconds(self) -> float:
+        if self.outage_since is not None:
+            return self.reconnect_delay
+        return self.settings.worker.poll_interval
+
+    def _idle(self) -> bool:
+        return self.outage_since is None and not self.unrecorded
+
+    # --- executing -------------------------------------------------------------------------------
+
+    def _submit(self, pool: ThreadPoolExecutor, job: Job) -> None:
+        future = pool.submit(self.deliverer.run, job)
+        self.in_flight[job.key] = future
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future[Outcome]) -> None:
+        self.finished.put(future.result())
+        self.wake.set()
+
+    def _collect_finished(self) -> None:
+        while True:
+            try:
+                outcome = self.finished.get_nowait()
+            except queue.Empty:
+                break
+            self.unrecorded.append(outcome)
+            self.in_flight.pop(outcome.job.key, None)
+
+    # --- database --------------------------------------------------------------------------------
+
+    def _record_and_claim(self) -> list[Job]:
+        """Write finished outcomes, then (unless stopping) claim up to the free capacity."""
+        if not self._ensure_connection():
+            return []
+        assert self.conn is not None
+        try:
+            self._record(self.conn)
+            free = self.threads - len(self.in_flight)
+            if free <= 0 or self.stopping.is_set():
+                return []
+            return self._claim(self.conn, free)
+        except DatabaseUnavailable as exc:
+            self._lost_connection(str(exc))
+            return []
+
+    def _record(self, conn: Connection) -> None:
+        if not self.unrecorded:
+            return
+        with transaction(conn) as cur:
+            for job_queue in self.queues:
+                mine = [o for o in self.unrecorded if o.job.table is job_queue.table]
+                if mine:
+                    job_queue.record(cur, mine)
+        self.unrecorded = []
+
+    def _claim(self, conn: Connection, free: int) -> list[Job]:
+        """Claim for each table in turn, starting with a different one each cycle.
+
+        Each table first gets an equal share of the free threads; what one leaves unused goes to
+        the others. A flood in one table therefore never delays the other by more than one batch.
+        """
+        self.cycle += 1
+        start = self.cycle % len(self.queues)
+        order = self.queues[start:] + self.queues[:start]
+        batch = self.settings.worker.batch_size
+        share = max(1, free // len(order))
+        claimed: list[Job] = []
+        hungry: list[JobQueue] = []
+        with transaction(conn) as cur:
+            for job_queue in order:
+                limit = min(batch, share, free - len(claimed))
+                if limit <= 0:
+                    break
+                jobs = job_queue.claim(cur, limit)
+                claimed.extend(jobs)
+                if len(jobs) == limit:
+                    hungry.append(job_queue)
+            for job_queue in hungry:
+                limit = min(batch, free - len(claimed))
+                if limit <= 0:
+                    break
+                claimed.extend(job_queue.claim(cur, limit))
+        return claimed
+
+    def _ensure_connection(self) -> bool:
+        if self.conn is not None and not self.conn.closed:
+            return True
+        try:
+            self.conn = connect(self.settings.database.dsn)
+        except DatabaseUnavailable as exc:
+            self._lost_connection(str(exc))
+            return False
+        if self.outage_since is not None:
+            log.info(
+                "database.recovered",
+                outage_s=round(time.monotonic() - self.outage_since, 1),
+                pending_outcomes=len(self.unrecorded),
+            )
+        self.outage_since = None
+        self.reconnect_delay = RECONNECT_MIN_SECONDS
+        return True
+
+    def _lost_connection(self, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            log.error("database.unavailable", error=reason, in_flight=len(self.in_flight))
+        else:
+            self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_MAX_SECONDS)
+
+    def _flush_on_exit(self) -> None:
+        """Record the last outcomes; keep trying briefly if the database is down at that moment."""
+        self._collect_finished()
+        deadline = time.monotonic() + 10
+        while self.unrecorded and time.monotonic() < deadline:
+            if self._ensure_connection():
+                assert self.conn is not None
+                try:
+                    self._record(self.conn)
+                except DatabaseUnavailable as exc:
+                    self._lost_connection(str(exc))
+            if self.unrecorded:
+                time.sleep(self.reconnect_delay)
+        if self.unrecorded:
+            log.error("shutdown.outcomes_unrecorded", count=len(self.unrecorded))
+        if self.conn is not None:
+            self.conn.close()

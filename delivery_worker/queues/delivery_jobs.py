@@ -1,0 +1,140 @@
+"""The integrations pipeline's queue: ``delivery_jobs``, ``integrations`` and ``delivery_attempts``.
+
+An integration row keeps each type's settings in its own columns; ``integration_config`` maps them
+onto the config shape the channel modules read, so both pipelines share one sender per type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from psycopg2.extensions import cursor
+from psycopg2.extras import execute_values
+
+from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
+from delivery_worker.queues.status import clip, record_statuses
+
+CLAIM = """
+WITH due AS (
+    SELECT job_id, tenant_id, integration_id
+    FROM delivery_jobs
+    WHERE status = 'PENDING' AND next_run_at <= now()
+    ORDER BY next_run_at, job_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE delivery_jobs AS j
+SET status = 'PROCESSING', updated_at = now()
+FROM due
+LEFT JOIN integrations AS i
+       ON i.tenant_id = due.tenant_id AND i.integration_id = due.integration_id
+WHERE j.job_id = due.job_id
+RETURNING j.job_id, j.tenant_id, j.alert_id, j.deliver_on_event, j.attempts, j.payload_json,
+          i.integration_id, i.type::text, i.enabled, i.config_json,
+          i.snmp_host, i.snmp_port, i.snmp_config, i.snmp_oid_prefix,
+          i.email_config, i.email_recipients, i.email_template,
+          i.mqtt_topic, i.mqtt_qos, i.mqtt_retain, i.mqtt_config
+"""
+
+INSERT_ATTEMPTS = """
+INSERT INTO delivery_attempts
+    (tenant_id, job_id, attempt_no, ok, http_status, latency_ms, error, started_at, finished_at)
+VALUES %s
+"""
+
+
+def integration_config(kind: str, row: Mapping[str, Any]) -> Any:
+    """The channel-module config for an integration row of the given type."""
+    if kind == "webhook":
+        return row["config_json"]
+    if kind == "email":
+        return {
+            "smtp": row["email_config"],
+            "recipients": row["email_recipients"],
+            "template": row["email_template"],
+        }
+    if kind == "snmp":
+        extra = row["snmp_config"] if row["snmp_config"] is not None else {}
+        if not isinstance(extra, Mapping):
+            return extra  # the channel rejects a non-object config with a clear error
+        columns = {"host": row["snmp_host"], "port": row["snmp_port"], "oid_prefix": row["snmp_oid_prefix"]}
+        return {**extra, **{key: value for key, value in columns.items() if value is not None}}
+    if kind == "mqtt":
+        extra = row["mqtt_config"] if row["mqtt_config"] is not None else {}
+        if not isinstance(extra, Mapping):
+            return extra
+        columns = {"topic": row["mqtt_topic"], "qos": row["mqtt_qos"], "retain": row["mqtt_retain"]}
+        return {**extra, **{key: value for key, value in columns.items() if value is not None}}
+    return row["config_json"]
+
+
+INTEGRATION_COLUMNS = (
+    "integration_id",
+    "type",
+    "enabled",
+    "config_json",
+    "snmp_host",
+    "snmp_port",
+    "snmp_config",
+    "snmp_oid_prefix",
+    "email_config",
+    "email_recipients",
+    "email_template",
+    "mqtt_topic",
+    "mqtt_qos",
+    "mqtt_retain",
+    "mqtt_config",
+)
+
+
+class DeliveryJobs:
+    table = Table.DELIVERY_JOBS
+
+    def claim(self, cur: cursor, limit: int) -> list[Job]:
+        cur.execute(CLAIM, {"limit": limit})
+        return [self._job(row) for row in cur.fetchall()]
+
+    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
+        record_statuses(cur, self.table, outcomes)
+        rows = [
+            (
+                o.job.tenant_id,
+                o.job.job_id,
+                o.job.attempt,
+                o.verdict is Verdict.COMPLETED,
+                o.http_status,
+                o.latency_ms,
+                clip(o.error),
+                o.started_at,
+                o.finished_at,
+            )
+            for o in outcomes
+        ]
+        if rows:
+            execute_values(cur, INSERT_ATTEMPTS, rows)
+
+    @staticmethod
+    def _job(row: tuple[Any, ...]) -> Job:
+        job_id, tenant_id, alert_id, event, attempts, payload, *rest = row
+        integration = dict(zip(INTEGRATION_COLUMNS, rest, strict=True))
+        destination = None
+        if integration["integration_id"] is not None:
+            kind = integration["type"]
+            destination = Destination(
+                destination_id=str(integration["integration_id"]),
+                tenant_id=tenant_id,
+                channel_type=kind,
+                enabled=integration["enabled"] is not False,
+                config=integration_config(kind, integration),
+            )
+        return Job(
+            table=Table.DELIVERY_JOBS,
+            job_id=job_id,
+            tenant_id=tenant_id,
+            alert_id=alert_id,
+            event=event or "OPEN",
+            attempts=attempts,
+            payload=payload,
+            destination=destination,
+        )

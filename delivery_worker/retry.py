@@ -1,0 +1,79 @@
+"""The retry policy as data: quick in-process retries, then the durable backoff of the contract.
+
+Durable backoff (shared/schema-contract.md): after a failed attempt, if ``attempts + 1 >=
+max_attempts`` the job is FAILED, otherwise PENDING again after ``min(base * 2**attempts, max)``
+seconds. A receiver's Retry-After replaces that delay, capped by ``max``. Before a failure counts,
+a transient error is retried a few times in-process with jittered waits inside a short budget.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import tenacity
+
+from channels.errors import DeliveryError, PermanentError, TransientError
+from delivery_worker.config import WorkerSettings
+from delivery_worker.jobs import Verdict
+
+QUICK_WAIT_INITIAL = 0.2
+QUICK_WAIT_MAX = 2.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    quick_retries: int
+    quick_retry_budget_seconds: float
+
+    @classmethod
+    def from_settings(cls, worker: WorkerSettings) -> RetryPolicy:
+        return cls(
+            max_attempts=worker.max_attempts,
+            backoff_base_seconds=worker.backoff_base_seconds,
+            backoff_max_seconds=worker.backoff_max_seconds,
+            quick_retries=worker.quick_retries,
+            quick_retry_budget_seconds=worker.quick_retry_budget_seconds,
+        )
+
+    def backoff_seconds(self, attempts: int) -> float:
+        """The contract's delay after a failure when ``attempts`` attempts had finished before it."""
+        exponent = min(attempts, 62)
+        return float(min(self.backoff_base_seconds * 2**exponent, self.backoff_max_seconds))
+
+    def decide(self, attempts: int, error: DeliveryError) -> tuple[Verdict, float]:
+        """FAILED or RETRY (with its delay) for a failed attempt."""
+        if isinstance(error, PermanentError) or attempts + 1 >= self.max_attempts:
+            return Verdict.FAILED, 0.0
+        delay = self.backoff_seconds(attempts)
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            delay = min(max(error.retry_after, 0.0), self.backoff_max_seconds)
+        return Verdict.RETRY, delay
+
+    def quick_retrying(
+        self, stopping: threading.Event, *, sleep: tenacity.sleep_using_event | None = None
+    ) -> tenacity.Retrying:
+        """Tenacity loop for one attempt: retries TransientErrors whose Retry-After fits the budget."""
+
+        def retryable(state: tenacity.RetryCallState) -> bool:
+            if state.outcome is None or not state.outcome.failed:
+                return False
+            error = state.outcome.exception()
+            if not isinstance(error, TransientError):
+                return False
+            return error.retry_after is None or error.retry_after <= QUICK_WAIT_MAX
+
+        return tenacity.Retrying(
+            retry=retryable,
+            stop=(
+                tenacity.stop_after_attempt(self.quick_retries + 1)
+                | tenacity.stop_after_delay(self.quick_retry_budget_seconds)
+                | tenacity.stop_when_event_set(stopping)
+            ),
+            wait=tenacity.wait_random_exponential(multiplier=QUICK_WAIT_INITIAL, max=QUICK_WAIT_MAX),
+            sleep=sleep or tenacity.sleep_using_event(stopping),
+            reraise=True,
+        )
