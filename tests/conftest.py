@@ -1,0 +1,80 @@
+"""Fixtures shared by the whole suite: a fresh PostgreSQL database per test, local HTTP servers.
+
+The schema is migrated once per session into a template database; each test gets a clone
+(``CREATE DATABASE ... TEMPLATE``), so tests are independent and cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+
+from delivery_worker.db import connect
+from delivery_worker.migrate import apply_migrations
+from tests.servers.http import RecordingServer
+
+ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+def dsn_for(name: str) -> str:
+    return psycopg2.extensions.make_dsn(ADMIN_DSN, dbname=name)
+
+
+def _admin(statement: str) -> None:
+    conn = psycopg2.connect(ADMIN_DSN)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def create_database(name: str, template: str | None = None) -> str:
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return dsn_for(name)
+
+
+def drop_database(name: str) -> None:
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    name = f"dw_template_{os.getpid()}"
+    dsn = create_database(name)
+    conn = connect(dsn)
+    apply_migrations(conn)
+    conn.close()
+    yield name
+    drop_database(name)
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A database with no tables at all (for migration tests)."""
+    name = f"dw_empty_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(name)
+    yield dsn
+    drop_database(name)
+
+
+@pytest.fixture
+def database(template_database: str) -> Iterator[str]:
+    """DSN of a freshly migrated database for this test only."""
+    name = f"dw_test_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(name, template=template_database)
+    yield dsn
+    drop_database(name)
+
+
+@pytest.fixture
+def http_server() -> Iterator[RecordingServer]:
+    server = RecordingServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,1 @@
+"""Small real servers started by tests on 127.0.0.1."""
