@@ -101,7 +101,8 @@ def insert_delivery_job(
     body = payload if payload is not None else integration_payload(alert_id)
     rows = execute(
         dsn,
-        "INSERT INTO delivery_jobs (tenant_id, alert_id, integration_id, route_id, deliver_on_event, payload_json)"
+        "INSERT INTO delivery_jobs"
+        " (tenant_id, alert_id, integration_id, route_id, deliver_on_event, payload_json)"
         " VALUES (%s, %s, %s, %s, %s, %s) RETURNING job_id",
         (tenant_id, alert_id, integration_id, route_id, event, json.dumps(body)),
     )

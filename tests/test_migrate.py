@@ -97,7 +97,7 @@ def migrate(dsn: str) -> list[str]:
 def test_migrate_empty_database_then_again_is_a_no_op(empty_database):
     applied = migrate(empty_database)
     assert applied == [name for name, _ in migration_files()]
-    assert EXPECTED_TABLES <= tables(empty_database)
+    assert tables(empty_database) >= EXPECTED_TABLES
     before = schema_snapshot(empty_database)
 
     assert migrate(empty_database) == []
@@ -110,7 +110,7 @@ def test_migrate_keeps_platform_tables_and_rows_and_widens_log_alert_id(empty_da
     migrate(empty_database)
     migrate(empty_database)
 
-    assert EXPECTED_TABLES <= tables(empty_database)
+    assert tables(empty_database) >= EXPECTED_TABLES
     rows = execute(empty_database, "SELECT tenant_id, alert_id, status FROM notification_jobs")
     assert rows == [{"tenant_id": "t", "alert_id": 7, "status": "PENDING"}]
     (column,) = execute(
