@@ -63,10 +63,17 @@ class HttpClient:
     """A shared requests.Session sized for the worker's threads; thread-safe for concurrent posts."""
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, user_agent: str, pool_size: int
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        user_agent: str,
+        pool_size: int,
+        ca_file: str = "",
     ) -> None:
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
+        self.session.verify = ca_file or True  # certificates are always verified
         adapter = HTTPAdapter(pool_connections=32, pool_maxsize=max(pool_size, 1), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -92,6 +99,10 @@ class HttpClient:
                 timeout=self.timeout,
                 allow_redirects=False,
             )
+        except requests.exceptions.SSLError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "doesn't match" in str(exc):
+                raise PermanentError(f"TLS certificate verification failed for {host}") from None
+            raise TransientError(f"TLS handshake with {host} failed") from None
         except requests.Timeout as exc:
             phase = "connecting to" if isinstance(exc, requests.ConnectTimeout) else "waiting for"
             raise TransientError(f"timed out {phase} {host}") from None

@@ -58,5 +58,6 @@ def build_registry(settings: Settings) -> ChannelRegistry:
         read_timeout=settings.http.read_timeout,
         user_agent=settings.http.user_agent,
         pool_size=settings.worker.threads,
+        ca_file=settings.tls.ca_file,
     )
     return ChannelRegistry(ChannelContext(settings=settings, http=http))
