@@ -419,6 +419,11 @@ def _reply(text: bytes | str, secrets: tuple[str, ...]) -> str:
     return flat if len(flat) <= REPLY_CHARS else flat[: REPLY_CHARS - 1] + "…"
 
 
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    reason = getattr(exc, "reason", None) or exc.strerror
+    return str(reason) if reason else exc.__class__.__name__
+
+
 def _by_code(code: int, message: str) -> DeliveryError:
     """5xx replies will not change on retry; 4xx (and anything unexpected) may."""
     return PermanentError(message) if 500 <= code < 600 else TransientError(message)
@@ -461,7 +466,7 @@ def _failure(exc: Exception, config: EmailConfig, step: str, timeout: float) -> 
     if isinstance(exc, smtplib.SMTPException):
         return PermanentError(f"{server} failed while {step}: {_reply(str(exc), secrets)}")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or exc.reason or "unknown reason"
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or "unknown reason"
         return PermanentError(
             f"TLS certificate verification failed for {server}: {reason} "
             "(trust its CA with [tls] ca_file, or set smtp.tls_verify false for lab equipment)"
@@ -470,7 +475,7 @@ def _failure(exc: Exception, config: EmailConfig, step: str, timeout: float) -> 
         return TransientError(f"{server} closed the connection during the TLS handshake")
     if isinstance(exc, ssl.SSLError):
         mode = "implicit TLS" if transport(config) == "ssl" else "STARTTLS"
-        return PermanentError(f"TLS ({mode}) with {server} failed: {exc.reason or exc.__class__.__name__}")
+        return PermanentError(f"TLS ({mode}) with {server} failed: {_ssl_reason(exc)}")
     if isinstance(exc, TimeoutError):
         if step == "connecting":
             return TransientError(f"timed out after {timeout:g}s connecting to {server}")

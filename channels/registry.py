@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from channels.base import Channel, ChannelContext
+from channels.email import EmailChannel
 from channels.errors import PermanentError
 from channels.http import HttpClient
+from channels.mqtt import MqttChannel
 from channels.pagerduty import PagerDutyChannel
 from channels.slack import SlackChannel
 from channels.teams import TeamsChannel
@@ -19,6 +21,8 @@ FACTORIES: dict[str, Callable[[ChannelContext], Channel]] = {
     "pagerduty": PagerDutyChannel,
     "teams": TeamsChannel,
     "webhook": WebhookChannel,
+    "email": EmailChannel,
+    "mqtt": MqttChannel,
 }
 ALIASES = {"http": "webhook"}
 

@@ -1,0 +1,546 @@
+"""Email channel: config parsing (both spellings), message building, and real SMTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import errno
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+import trustme
+
+from channels import email as email_channel
+from channels.base import ChannelContext, Delivery
+from channels.email import (
+    EmailChannel,
+    EmailConfig,
+    build_message,
+    html_to_text,
+    normalise_smtp,
+    parse_email_config,
+)
+from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.http import HttpClient
+from tests.servers.smtp import HOST, SmtpServer, closed_port, silent_server, smtp_server
+from tests.support import SAMPLE_PAYLOAD, make_delivery, make_settings
+
+PASSWORD = "hunter2-Pa55word"
+
+
+def make_channel(**sections: dict[str, Any]) -> EmailChannel:
+    http = HttpClient(connect_timeout=1, read_timeout=1, user_agent="test", pool_size=1)
+    return EmailChannel(ChannelContext(settings=make_settings(**sections), http=http))
+
+
+def raw_config(
+    smtp: dict[str, Any] | None = None,
+    recipients: dict[str, Any] | None = None,
+    template: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "smtp": {
+            "smtp_host": "mail.example.com",
+            "smtp_port": 587,
+            "from_address": "alerts@example.com",
+            "from_name": "Pulse Alerts",
+            **(smtp or {}),
+        },
+        "recipients": recipients
+        if recipients is not None
+        else {"to": ["ops@example.com"], "cc": ["lead@example.com"], "bcc": ["audit@example.com"]},
+    }
+    if template is not None:
+        config["template"] = template
+    return config
+
+
+def parse(raw: Any) -> EmailConfig:
+    return parse_email_config(raw)  # what EmailChannel.parse_config does, without loading CA certs
+
+
+def build(config: dict[str, Any], delivery: Delivery | None = None) -> EmailMessage:
+    return build_message(parse(config), delivery or make_delivery())
+
+
+def assert_no_secret(exc: BaseException) -> None:
+    assert PASSWORD not in str(exc)
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+
+def test_parse_primary_spelling_with_defaults() -> None:
+    config = parse(raw_config())
+    assert (config.host, config.port, config.use_tls, config.tls_verify) == (
+        "mail.example.com",
+        587,
+        True,
+        True,
+    )
+    assert config.from_address == "alerts@example.com"
+    assert config.from_name == "Pulse Alerts"
+    assert (config.to, config.cc, config.bcc) == (
+        ("ops@example.com",),
+        ("lead@example.com",),
+        ("audit@example.com",),
+    )
+    assert config.format == "text"
+    assert config.user is None and config.password is None and config.secrets() == ()
+    del_port = raw_config()
+    del del_port["smtp"]["smtp_port"]
+    assert parse(del_port).port == 587
+
+
+def test_parse_ui_spelling_maps_onto_primary_keys() -> None:
+    ui = raw_config(smtp={"smtp_host": None, "smtp_port": None})
+    ui["smtp"].update(host="smtp.ui.example", port="2525", username="bob", password=PASSWORD, use_tls=False)
+    config = parse(ui)
+    assert (config.host, config.port, config.user, config.password, config.use_tls) == (
+        "smtp.ui.example",
+        2525,
+        "bob",
+        PASSWORD,
+        False,
+    )
+    assert config.secrets() == (PASSWORD,)
+    assert PASSWORD not in repr(config)
+
+
+def test_primary_spelling_wins_when_both_are_present() -> None:
+    raw = {
+        "smtp_host": "primary.example",
+        "host": "alternate.example",
+        "smtp_port": 25,
+        "port": 2525,
+        "smtp_tls": True,
+        "use_tls": False,
+        "from_address": "a@example.com",
+    }
+    normalised = normalise_smtp(raw)
+    assert normalised["smtp_host"] == "primary.example"
+    assert normalised["smtp_port"] == 25
+    assert normalised["smtp_tls"] is True
+    assert "host" not in normalised and "use_tls" not in normalised
+    # An empty primary value does not hide the alternate one.
+    assert normalise_smtp({"smtp_host": "", "host": "alt.example"})["smtp_host"] == "alt.example"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: "not an object", "config must be a JSON object"),
+        (lambda c: {**c, "smtp": ["x"]}, "config.smtp must be a JSON object"),
+        (lambda c: {**c, "smtp": {"from_address": "a@example.com"}}, "config.smtp.smtp_host is missing"),
+        (lambda c: {**c, "smtp": {"smtp_host": "h"}}, "smtp.from_address is missing"),
+        (
+            lambda c: {**c, "smtp": {**c["smtp"], "smtp_port": "abc"}},
+            "config.smtp.smtp_port must be an integer",
+        ),
+        (
+            lambda c: {**c, "smtp": {**c["smtp"], "smtp_port": None, "port": "abc"}},
+            "config.smtp.port must be",
+        ),
+        (lambda c: {**c, "smtp": {**c["smtp"], "smtp_port": 70000}}, "config.smtp.smtp_port must be between"),
+        (
+            lambda c: {**c, "smtp": {**c["smtp"], "smtp_port": True}},
+            "config.smtp.smtp_port must be an integer",
+        ),
+        (lambda c: {**c, "smtp": {**c["smtp"], "smtp_tls": "maybe"}}, "config.smtp.smtp_tls must be true or"),
+        (
+            lambda c: {**c, "smtp": {**c["smtp"], "tls_verify": "nah"}},
+            "config.smtp.tls_verify must be true or",
+        ),
+        (lambda c: {**c, "smtp": {**c["smtp"], "smtp_host": 42}}, "config.smtp.smtp_host must be a string"),
+        (lambda c: {**c, "smtp": {**c["smtp"], "smtp_host": "a b"}}, "config.smtp.smtp_host must be a host"),
+        (lambda c: {**c, "smtp": {**c["smtp"], "from_address": "nobody"}}, "config.smtp.from_address is not"),
+        (
+            lambda c: {**c, "smtp": {**c["smtp"], "from_name": "X\r\nBcc: x@y"}},
+            "config.smtp.from_name contains",
+        ),
+        (lambda c: {**c, "smtp": {**c["smtp"], "smtp_password": PASSWORD}}, "smtp_user is missing"),
+        (lambda c: {**c, "smtp": {**c["smtp"], "smtp_user": "bob"}}, "config.smtp.smtp_password is missing"),
+        (lambda c: {**c, "recipients": {}}, "config.recipients needs at least one address"),
+        (lambda c: {**c, "recipients": None}, "config.recipients needs at least one address"),
+        (lambda c: {**c, "recipients": {"to": "ops@example.com"}}, "config.recipients.to must be a list"),
+        (lambda c: {**c, "recipients": {"to": [7]}}, "config.recipients.to[0] must be a string"),
+        (
+            lambda c: {**c, "recipients": {"to": ["a@x.com", "b@x.com\r\nBcc: e@x"]}},
+            "config.recipients.to[1]",
+        ),
+        (lambda c: {**c, "recipients": {"cc": ["a@x.com\x00"]}}, "config.recipients.cc[0] contains"),
+        (lambda c: {**c, "recipients": {"bcc": ["a@x.com, b@x.com"]}}, "config.recipients.bcc[0] is not"),
+        (lambda c: {**c, "template": "x"}, "config.template must be a JSON object"),
+        (lambda c: {**c, "template": {"format": "pdf"}}, "config.template.format must be html or text"),
+        (
+            lambda c: {**c, "template": {"subject_template": "a\nb"}},
+            "config.template.subject_template contains",
+        ),
+        (lambda c: {**c, "template": {"body_template": "{0}"}}, "config.template.body_template: unsupported"),
+    ],
+)
+def test_config_errors_name_the_key(mutate: Any, message: str) -> None:
+    with pytest.raises(InvalidChannelConfig) as caught:
+        parse(mutate(raw_config()))
+    assert message in str(caught.value)
+
+
+def test_addresses_with_display_names_and_blank_entries() -> None:
+    config = parse(
+        raw_config(recipients={"to": ["Ops Team <ops@example.com>", ""], "bcc": ["ops@example.com"]})
+    )
+    assert config.to == ("Ops Team <ops@example.com>",)
+    assert config.envelope_recipients == ["ops@example.com"]  # deduplicated, display name dropped
+
+
+# --- message building ----------------------------------------------------------------------------------
+
+
+def test_default_text_message_headers_and_body() -> None:
+    message = build(raw_config(), make_delivery(key="notification_jobs:42"))
+    assert message["From"] == "Pulse Alerts <alerts@example.com>"
+    assert message["To"] == "ops@example.com"
+    assert message["Cc"] == "lead@example.com"
+    assert message["Bcc"] is None
+    assert message["Subject"] == "[CRITICAL] THRESHOLD on sensor-17"
+    assert message["X-Delivery-Key"] == "notification_jobs:42"
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["Message-ID"].endswith("@example.com>")
+    assert parsedate_to_datetime(message["Date"]).tzinfo is not None
+    assert message.get_content_type() == "text/plain"
+    body = message.get_content()
+    for expected in (
+        "Temperature 92.5C above 85C",
+        "sensor-17",
+        "plant-3",
+        "THRESHOLD",
+        "CRITICAL (4)",
+        "2026-11-29T03:00:00Z",
+        "1001",
+        "tenant-a",
+        "OPEN",
+    ):
+        assert expected in body
+    assert b"audit@example.com" not in message.as_bytes()
+
+
+def test_default_subject_for_resolved_and_sparse_alerts() -> None:
+    assert (
+        build(raw_config(), make_delivery(event="CLOSED"))["Subject"] == "[RESOLVED] THRESHOLD on sensor-17"
+    )
+    sparse = build(raw_config(), make_delivery({"alert_id": 5}))
+    assert sparse["Subject"] == "[UNKNOWN] Alert"
+    assert "Device:    -" in sparse.get_content()
+
+
+def test_templates_render_placeholders_and_missing_ones_render_empty() -> None:
+    template = {
+        "subject_template": "{severity} {alert_type} at {site_id}{no_such_name}",
+        "body_template": "Device {device_id} says {message}. Extra: [{details}] [{no_such_name}]",
+    }
+    message = build(raw_config(template=template))
+    assert message["Subject"] == "CRITICAL THRESHOLD at plant-3"
+    assert message.get_content() == "Device sensor-17 says Temperature 92.5C above 85C. Extra: [] []\n"
+    sparse = build(raw_config(template=template), make_delivery({"alert_id": 9}))
+    assert sparse["Subject"] == "UNKNOWN  at"
+    empty = build(raw_config(template={"subject_template": "{no_such_name}"}))
+    assert empty["Subject"] == "[CRITICAL] THRESHOLD on sensor-17"
+
+
+def test_html_format_is_multipart_alternative_with_escaped_values() -> None:
+    payload = {**SAMPLE_PAYLOAD, "message": "<script>alert(1)</script> & more"}
+    template = {
+        "format": "html",
+        "body_template": "<h1>{alert_type}</h1><p>{message}</p><p>Device {device_id}</p>",
+    }
+    message = build(raw_config(template=template), make_delivery(payload))
+    assert message.get_content_type() == "multipart/alternative"
+    plain, rich = message.iter_parts()
+    assert (plain.get_content_type(), rich.get_content_type()) == ("text/plain", "text/html")
+    html_body = rich.get_content()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html_body
+    assert "<script>" not in html_body
+    assert plain.get_content() == "THRESHOLD\n\n<script>alert(1)</script> & more\n\nDevice sensor-17\n"
+
+
+def test_html_format_without_template_uses_default_bodies() -> None:
+    message = build(raw_config(template={"format": "HTML"}))
+    plain, rich = message.iter_parts()
+    assert "Severity:  CRITICAL (4)" in plain.get_content()
+    assert "<th align='left'>Severity</th><td>CRITICAL (4)</td>" in rich.get_content()
+
+
+def test_html_to_text() -> None:
+    markup = (
+        "<html><head><style>p{}</style></head><body><p>One\n  two</p><br><ul><li>a &amp; b</li></ul></body>"
+    )
+    assert html_to_text(markup) == "One two\n\na & b\n"
+
+
+@pytest.mark.parametrize(
+    ("payload", "template"),
+    [
+        ({**SAMPLE_PAYLOAD, "alert_type": "X\r\nBcc: victim@example.net"}, None),
+        ({**SAMPLE_PAYLOAD, "message": "hi\nBcc: victim@example.net"}, {"subject_template": "{message}"}),
+        ({**SAMPLE_PAYLOAD, "device_id": "d\rX-Evil: 1"}, {"subject_template": "on {device_id}"}),
+    ],
+)
+def test_header_injection_through_the_subject_is_refused(payload: dict[str, Any], template: Any) -> None:
+    with pytest.raises(PermanentError, match="subject contains a line break"):
+        build(raw_config(template=template), make_delivery(payload))
+
+
+def test_message_id_is_stable_per_job() -> None:
+    first = build(raw_config(), make_delivery(key="notification_jobs:7"))["Message-ID"]
+    again = build(raw_config(), make_delivery(key="notification_jobs:7"))["Message-ID"]
+    other = build(raw_config(), make_delivery(key="notification_jobs:8"))["Message-ID"]
+    assert first == again != other
+
+
+# --- end to end against aiosmtpd on 127.0.0.1 ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST, "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def plain_server() -> Iterator[SmtpServer]:
+    with smtp_server() as server:
+        yield server
+
+
+def local(port: int, **smtp: Any) -> dict[str, Any]:
+    return raw_config(smtp={"smtp_host": HOST, "smtp_port": port, "smtp_tls": False, **smtp})
+
+
+def deliver(
+    raw: dict[str, Any], *, timeout: float = 5, ca_file: str = "", key: str = "notification_jobs:1"
+) -> Any:
+    channel = make_channel(smtp={"timeout": timeout}, tls={"ca_file": ca_file})
+    try:
+        return channel.send(channel.parse_config(raw), make_delivery(key=key))
+    finally:
+        channel.close()
+
+
+def failure(raw: dict[str, Any], **kwargs: Any) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        deliver(raw, **kwargs)
+    assert_no_secret(caught.value)
+    return caught.value
+
+
+def test_plain_delivery(plain_server: SmtpServer) -> None:
+    receipt = deliver(local(plain_server.port), key="notification_jobs:99")
+    assert receipt.detail == f"accepted by {HOST}:{plain_server.port} for 3 recipients"
+    [received] = plain_server.messages
+    assert received.mail_from == "alerts@example.com"
+    assert received.rcpt_tos == ["ops@example.com", "lead@example.com", "audit@example.com"]
+    assert not received.tls
+    assert b"audit@example.com" not in received.data
+    assert b"\r\nX-Delivery-Key: notification_jobs:99\r\n" in received.data
+    message = received.message()
+    assert message["From"] == "Pulse Alerts <alerts@example.com>"
+    assert message["To"] == "ops@example.com"
+    assert message["Cc"] == "lead@example.com"
+    assert message["Subject"] == "[CRITICAL] THRESHOLD on sensor-17"
+    assert "Message:   Temperature 92.5C above 85C" in message.get_content()
+
+
+def test_html_delivery_and_ui_spelling(plain_server: SmtpServer) -> None:
+    raw = raw_config(
+        smtp={
+            "smtp_host": None,
+            "smtp_port": None,
+            "host": HOST,
+            "port": plain_server.port,
+            "use_tls": "false",
+        },
+        recipients={"to": ["ops@example.com"]},
+        template={
+            "format": "html",
+            "subject_template": "{alert_type}: {message}",
+            "body_template": "<b>{device_id}</b>",
+        },
+    )
+    deliver(raw)
+    [received] = plain_server.messages
+    message = received.message()
+    assert message["Subject"] == "THRESHOLD: Temperature 92.5C above 85C"
+    assert message.get_content_type() == "multipart/alternative"
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_auth_login() -> None:
+    with smtp_server(users={"alice": PASSWORD}, auth_require_tls=False) as server:
+        deliver(local(server.port, smtp_user="alice", smtp_password=PASSWORD))
+        assert server.auth_attempts == [("alice", PASSWORD)]
+        assert server.messages[0].login == "alice"
+
+
+def test_auth_refused_is_permanent_and_hides_the_password() -> None:
+    with smtp_server(users={"alice": "other"}, auth_require_tls=False) as server:
+        exc = failure(local(server.port, smtp_user="alice", smtp_password=PASSWORD))
+        assert isinstance(exc, PermanentError)
+        assert str(exc).startswith(f"SMTP server {HOST}:{server.port} refused login (535")
+        assert server.messages == []
+
+
+def test_login_configured_but_server_offers_no_auth(plain_server: SmtpServer) -> None:
+    exc = failure(local(plain_server.port, smtp_user="alice", smtp_password=PASSWORD))
+    assert isinstance(exc, PermanentError)
+    assert "does not offer AUTH" in str(exc)
+
+
+def test_starttls_with_configured_ca_and_auth(server_tls: ssl.SSLContext, ca_file: str) -> None:
+    with smtp_server(tls_context=server_tls, require_starttls=True, users={"alice": PASSWORD}) as server:
+        raw = local(server.port, smtp_tls=True, smtp_user="alice", smtp_password=PASSWORD)
+        deliver(raw, ca_file=ca_file)
+        [received] = server.messages
+        assert received.tls and received.login == "alice"
+
+
+def test_starttls_refused_when_the_ca_is_not_trusted(server_tls: ssl.SSLContext) -> None:
+    with smtp_server(tls_context=server_tls, require_starttls=True, users={"alice": PASSWORD}) as server:
+        exc = failure(local(server.port, smtp_tls=True, smtp_user="alice", smtp_password=PASSWORD))
+        assert isinstance(exc, PermanentError)
+        assert "certificate verification failed" in str(exc)
+        assert f"{HOST}:{server.port}" in str(exc)
+        assert server.messages == [] and server.auth_attempts == []
+
+
+def test_tls_verify_false_accepts_an_untrusted_certificate(server_tls: ssl.SSLContext) -> None:
+    with smtp_server(tls_context=server_tls, require_starttls=True) as server:
+        deliver(local(server.port, smtp_tls=True, tls_verify=False))
+        assert server.messages[0].tls
+
+
+def test_starttls_required_but_not_offered_never_falls_back(plain_server: SmtpServer) -> None:
+    exc = failure(local(plain_server.port, smtp_tls=True, smtp_user="alice", smtp_password=PASSWORD))
+    assert isinstance(exc, PermanentError)
+    assert "does not offer STARTTLS" in str(exc)
+    assert plain_server.messages == []
+
+
+def test_implicit_tls(monkeypatch: pytest.MonkeyPatch, server_tls: ssl.SSLContext, ca_file: str) -> None:
+    with smtp_server(implicit_tls=server_tls) as server:
+        monkeypatch.setattr(email_channel, "IMPLICIT_TLS_PORTS", frozenset({server.port}))
+        deliver(local(server.port, smtp_tls=False), ca_file=ca_file)  # the port decides, not smtp_tls
+        assert server.messages[0].tls
+        exc = failure(local(server.port))
+        assert isinstance(exc, PermanentError) and "certificate verification failed" in str(exc)
+
+
+def test_port_465_means_implicit_tls() -> None:
+    config = parse(raw_config(smtp={"smtp_port": 465, "smtp_tls": False}))
+    assert email_channel.transport(config) == "ssl"
+    assert email_channel.transport(parse(raw_config())) == "starttls"
+    assert email_channel.transport(parse(raw_config(smtp={"smtp_tls": False}))) == "plain"
+
+
+def test_unreachable_server_is_transient() -> None:
+    port = closed_port()
+    started = time.monotonic()
+    exc = failure(local(port, smtp_user="alice", smtp_password=PASSWORD))
+    assert time.monotonic() - started < 2
+    assert isinstance(exc, TransientError)
+    assert str(exc) == f"cannot connect to SMTP server {HOST}:{port}: connection refused"
+
+
+def test_silent_server_times_out_as_transient() -> None:
+    with silent_server() as port:
+        started = time.monotonic()
+        exc = failure(local(port, smtp_user="alice", smtp_password=PASSWORD), timeout=0.5)
+        assert time.monotonic() - started < 3
+    assert isinstance(exc, TransientError)
+    assert "timed out after 0.5s" in str(exc) and f"{HOST}:{port}" in str(exc)
+
+
+def test_all_recipients_refused_with_550_is_permanent() -> None:
+    with smtp_server(refuse={"ops@example.com": "550 5.1.1 no such user"}) as server:
+        raw = local(server.port)
+        raw["recipients"] = {"to": ["ops@example.com"]}
+        exc = failure(raw)
+        assert isinstance(exc, PermanentError)
+        assert str(exc) == (
+            f"SMTP server {HOST}:{server.port} refused all recipients: "
+            "ops@example.com (550 5.1.1 no such user)"
+        )
+        assert server.messages == []
+
+
+def test_all_recipients_refused_with_4xx_is_transient() -> None:
+    with smtp_server(refuse={"ops@example.com": "450 4.7.1 greylisted, try again later"}) as server:
+        raw = local(server.port)
+        raw["recipients"] = {"to": ["ops@example.com"]}
+        assert isinstance(failure(raw), TransientError)
+
+
+def test_some_recipients_refused_is_delivered_with_detail() -> None:
+    with smtp_server(refuse={"lead@example.com": "550 5.1.1 no such user"}) as server:
+        receipt = deliver(local(server.port))
+        assert receipt.detail == (
+            f"accepted by {HOST}:{server.port} for 2 of 3 recipients; "
+            "refused: lead@example.com (550 5.1.1 no such user)"
+        )
+        assert server.messages[0].rcpt_tos == ["ops@example.com", "audit@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "text"),
+    [
+        (
+            smtplib.SMTPSenderRefused(553, b"5.7.1 sender rejected", "alerts@example.com"),
+            PermanentError,
+            "SMTP server mail.example.com:587 refused sender alerts@example.com (553 5.7.1 sender rejected)",
+        ),
+        (smtplib.SMTPDataError(451, b"4.3.0 try later"), TransientError, "refused the message (451 4.3.0"),
+        (smtplib.SMTPDataError(554, b"5.6.0 looks like spam"), PermanentError, "refused the message (554"),
+        (
+            smtplib.SMTPAuthenticationError(454, b"4.7.0 temporary failure"),
+            TransientError,
+            "refused login (454",
+        ),
+        (smtplib.SMTPAuthenticationError(535, f"bad {PASSWORD}".encode()), PermanentError, "(535 bad ***)"),
+        (smtplib.SMTPConnectError(421, b"too busy"), TransientError, "refused the connection (421 too busy)"),
+        (smtplib.SMTPException("No suitable authentication method found."), PermanentError, "No suitable"),
+        (
+            ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            PermanentError,
+            "TLS (STARTTLS)",
+        ),
+        (
+            OSError(errno.EHOSTUNREACH, "No route to host"),
+            TransientError,
+            "failed while connecting: No route",
+        ),
+        (socket.gaierror(-2, "Name or service not known"), TransientError, "cannot resolve the host name"),
+    ],
+)
+def test_error_mapping(exc: Exception, kind: type[DeliveryError], text: str) -> None:
+    config = parse(raw_config(smtp={"smtp_user": "alice", "smtp_password": PASSWORD}))
+    mapped = email_channel._failure(exc, config, "connecting", 15)
+    assert type(mapped) is kind
+    assert text in str(mapped)
+    assert_no_secret(mapped)
