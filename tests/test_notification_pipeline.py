@@ -75,7 +75,9 @@ def test_slack_message_carries_severity_colour_device_and_type(database, http_se
 
 def test_pagerduty_trigger_event(database, http_server):
     channel = insert_channel(database, "pagerduty", {"integration_key": "R0UT1NGKEY0000000000000000000000"})
-    job_id = insert_notification_job(database, channel, dict(SAMPLE_PAYLOAD, message="x" * 2000), alert_id=1001)
+    job_id = insert_notification_job(
+        database, channel, dict(SAMPLE_PAYLOAD, message="x" * 2000), alert_id=1001
+    )
 
     drain(database, pagerduty={"events_url": http_server.url("/v2/enqueue")})
 
@@ -213,7 +215,9 @@ def test_malformed_payloads_fail_readably_and_worker_continues(database, http_se
     assert job(database, "notification_jobs", not_json)["last_error"].startswith(
         "payload is a string that is not valid JSON"
     )
-    assert job(database, "notification_jobs", a_list)["last_error"] == "payload must be a JSON object, got list"
+    assert (
+        job(database, "notification_jobs", a_list)["last_error"] == "payload must be a JSON object, got list"
+    )
     # A payload with every key missing still renders a sensible message.
     assert job(database, "notification_jobs", empty)["status"] == "COMPLETED"
     (request,) = http_server.received("/slack")
@@ -228,7 +232,10 @@ def test_invalid_channel_config_fails_naming_the_key(database):
 
     drain(database)
 
-    assert job(database, "notification_jobs", job_a)["last_error"] == "config.url must be an absolute http(s) URL"
+    assert (
+        job(database, "notification_jobs", job_a)["last_error"]
+        == "config.url must be an absolute http(s) URL"
+    )
     assert job(database, "notification_jobs", job_b)["last_error"] == "config.webhook_url is missing"
 
 
