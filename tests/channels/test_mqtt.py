@@ -4,7 +4,6 @@ TLS / password brokers) and a fake broker that never acknowledges."""
 from __future__ import annotations
 
 import json
-import queue
 import socket
 import threading
 import time
@@ -29,6 +28,7 @@ from channels.mqtt import (
     sanitise_topic_value,
 )
 from delivery_worker.config import Settings
+from tests.servers.mqtt_subscriber import WAIT, Subscriber
 from tests.servers.mqtt_tls_broker import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_CREDENTIALS,
@@ -46,7 +46,6 @@ from tests.support import SAMPLE_PAYLOAD, make_delivery, make_settings
 HOST = "127.0.0.1"
 PORT = 1883
 BROKER_URL = f"mqtt://{HOST}:{PORT}"
-WAIT = 5.0
 
 
 def _system_broker_up() -> bool:
@@ -62,40 +61,6 @@ needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquit
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-class Subscriber:
-    """A separate paho client that records what arrives."""
-
-    def __init__(self, port: int = PORT, *, username: str | None = None, password: str | None = None) -> None:
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:12]}")
-        if username:
-            self.client.username_pw_set(username, password)
-        self._connected = threading.Event()
-        self._subscribed = threading.Event()
-        self.client.on_connect = lambda *_args: self._connected.set()
-        self.client.on_subscribe = lambda *_args: self._subscribed.set()
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
-        self.client.connect(HOST, port, keepalive=30)
-        self.client.loop_start()
-        assert self._connected.wait(WAIT), "subscriber could not connect"
-
-    def subscribe(self, topic: str, qos: int = 2) -> None:
-        self._subscribed.clear()
-        self.client.subscribe(topic, qos)
-        assert self._subscribed.wait(WAIT), "no SUBACK"
-
-    def get(self, timeout: float = WAIT) -> mqtt.MQTTMessage:
-        return self.messages.get(timeout=timeout)
-
-    def assert_nothing(self, timeout: float = 0.3) -> None:
-        with pytest.raises(queue.Empty):
-            self.messages.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def channel_for(settings: Settings | None = None) -> MqttChannel:
