@@ -10,11 +10,14 @@ the file again.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = Path("config/worker.ini")
 CONFIG_PATH_ENV = "DELIVERY_WORKER_CONFIG"
@@ -50,6 +53,8 @@ class WorkerSettings:
     quick_retries: int
     quick_retry_budget_seconds: float
     job_timeout_seconds: float
+    lease_seconds: float
+    shutdown_timeout: float
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class HttpSettings:
     connect_timeout: float
     read_timeout: float
     user_agent: str
+    allow_private_networks: bool
+    allowed_networks: tuple[IPNetwork, ...]
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,13 @@ class MqttSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    port: int  # 0: no listener (unless $PORT is set)
+    host: str
+    queue_sample_seconds: float
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str
 
@@ -102,6 +116,7 @@ class Settings:
     smtp: SmtpSettings
     snmp: SnmpSettings
     mqtt: MqttSettings
+    metrics: MetricsSettings
     logging: LoggingSettings
     source: str  # where the file came from, for messages
 
@@ -163,6 +178,25 @@ def _ca_file(text: str) -> str:
     return value
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP network: {item!r}") from None
+    return tuple(networks)
+
+
 def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -186,11 +220,15 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "quick_retries": ("2", _int(0, 10)),
         "quick_retry_budget_seconds": ("10", _float(0)),
         "job_timeout_seconds": ("120", _float(1)),
+        "lease_seconds": ("300", _float(10)),
+        "shutdown_timeout": ("25", _float(0)),
     },
     "http": {
         "connect_timeout": ("5", _float(0, exclusive=True)),
         "read_timeout": ("15", _float(0, exclusive=True)),
         "user_agent": ("delivery-worker/0.1", _text),
+        "allow_private_networks": ("false", _bool),
+        "allowed_networks": ("", _networks),
     },
     "tls": {
         "ca_file": ("", _ca_file),
@@ -209,6 +247,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "connect_timeout": ("5", _float(0, exclusive=True)),
         "publish_timeout": ("10", _float(0, exclusive=True)),
         "keepalive": ("60", _int(5, 3600)),
+    },
+    "metrics": {
+        "port": ("0", _int(0, 65535)),
+        "host": ("127.0.0.1", _text),
+        "queue_sample_seconds": ("15", _float(1)),
     },
     "logging": {
         "level": ("INFO", _log_level),
@@ -272,6 +315,7 @@ def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None
         smtp=SmtpSettings(**values["smtp"]),
         snmp=SnmpSettings(**values["snmp"]),
         mqtt=MqttSettings(**values["mqtt"]),
+        metrics=MetricsSettings(**values["metrics"]),
         logging=LoggingSettings(**values["logging"]),
         source=str(path) if path.exists() else "defaults",
     )
@@ -321,6 +365,7 @@ def redacted_view(settings: Settings) -> dict[str, dict[str, Any]]:
     view.pop("source")
     for key in ("dsn", "migrate_dsn"):
         view["database"][key] = redact_dsn(view["database"][key])
+    view["http"]["allowed_networks"] = [str(n) for n in settings.http.allowed_networks]
     return view
 
 

@@ -20,6 +20,7 @@ from delivery_worker.config import Settings
 from delivery_worker.db import Connection, DatabaseUnavailable, connect, transaction
 from delivery_worker.delivery import Deliverer
 from delivery_worker.jobs import Job, Outcome
+from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
 
 log = structlog.get_logger("delivery_worker.poller")
@@ -35,8 +36,10 @@ class Poller:
         queues: Sequence[JobQueue],
         deliverer: Deliverer,
         stopping: threading.Event,
+        observer: PollObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.observer: PollObserver = observer or Observers()
         self.queues = list(queues)
         self.deliverer = deliverer
         self.stopping = stopping
@@ -61,12 +64,16 @@ class Poller:
                 claimed = self._record_and_claim()
                 for job in claimed:
                     self._submit(pool, job)
+                self.observer.poll_ticked(
+                    database_ok=self.outage_since is None, in_flight=len(self.in_flight)
+                )
                 if self.stopping.is_set() and not self.in_flight:
                     break
                 if drain and not claimed and not self.in_flight and self._idle():
                     break
                 if not self._should_poll_again_now(claimed):
                     self.wake.wait(self._wait_seconds())
+            self.observer.stopping()
             self._flush_on_exit()
 
     def _should_poll_again_now(self, claimed: list[Job]) -> bool:
@@ -127,7 +134,8 @@ class Poller:
                 mine = [o for o in self.unrecorded if o.job.table is job_queue.table]
                 if mine:
                     job_queue.record(cur, mine)
-        self.unrecorded = []
+        recorded, self.unrecorded = self.unrecorded, []
+        self.observer.outcomes_recorded(recorded)
 
     def _claim(self, conn: Connection, free: int) -> list[Job]:
         """Claim for each table in turn, starting with a different one each cycle.
@@ -156,6 +164,8 @@ class Poller:
                 if limit <= 0:
                     break
                 claimed.extend(job_queue.claim(cur, limit))
+        if claimed:
+            self.observer.jobs_claimed(claimed)
         return claimed
 
     def _ensure_connection(self) -> bool:
