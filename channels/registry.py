@@ -11,6 +11,7 @@ from channels.http import HttpClient
 from channels.mqtt import MqttChannel
 from channels.pagerduty import PagerDutyChannel
 from channels.slack import SlackChannel
+from channels.snmp import SnmpChannel
 from channels.teams import TeamsChannel
 from channels.webhook import WebhookChannel
 from delivery_worker.config import Settings
@@ -23,6 +24,7 @@ FACTORIES: dict[str, Callable[[ChannelContext], Channel]] = {
     "webhook": WebhookChannel,
     "email": EmailChannel,
     "mqtt": MqttChannel,
+    "snmp": SnmpChannel,
 }
 ALIASES = {"http": "webhook"}
 

@@ -3,27 +3,27 @@
 Config keys (``notification_channels.config``; the integrations pipeline passes ``snmp_host``,
 ``snmp_port``, ``snmp_oid_prefix`` and ``snmp_config`` merged into the same shape):
 
-=============== ==============================================================================================
-``host``        receiver host name or IP address (required)
-``port``        UDP port, default 162
-``version``     ``"2c"`` (default; ``"v2c"``, ``2`` and ``"2"`` also accepted) or ``"3"`` (``"v3"``, ``3``)
-``community``   v2c community string, default ``"public"``
-``username``    v3 USM user name (required for v3)
-``auth_protocol`` v3: ``MD5``, ``SHA`` (SHA-1), ``SHA-224``, ``SHA-256``, ``SHA-384``, ``SHA-512`` (dashes
-                optional); default ``SHA`` when ``auth_password`` is set
-``auth_password`` v3 authentication pass phrase, at least 8 characters; omit both passwords for noAuthNoPriv
-``priv_protocol`` v3: ``AES`` (= ``AES-128``), ``AES-192``, ``AES-256`` (Blumenthal key extension, as
-                Net-SNMP), ``AES-192-C``, ``AES-256-C`` (Reeder "Cisco" key extension), ``DES``, ``3DES``;
-                default ``AES`` when ``priv_password`` is set
-``priv_password`` v3 privacy pass phrase, at least 8 characters; requires ``auth_password`` (authPriv)
-``engine_id``   v3: this sender's snmpEngineID in hex (5-32 octets, e.g. ``"0x80001f88045075736c6531"``).
-                A v3 *trap* receiver must know the sender's engine ID to check it (Net-SNMP snmptrapd:
-                ``createUser -e <engine_id> <username> SHA <auth> AES <priv>``). Without it the worker uses
-                an ID generated per process, which changes on every restart: set it for v3 traps.
-``oid_prefix``  enterprise OID the layout below hangs under, default ``1.3.6.1.4.1.99999``; a dotted
-                numeric OID under ``1.3.6.1``
-``inform``      ``true`` sends an acknowledged InformRequest instead of a trap (see "Delivered" below)
-=============== ==============================================================================================
+- ``host`` (required): receiver host name or IP address.
+- ``port``: UDP port, default 162.
+- ``version``: ``"2c"`` (default; ``"v2c"``, ``2``, ``"2"`` also accepted) or ``"3"`` (``"v3"``, ``3``).
+- ``community``: v2c community string, default ``"public"``.
+- ``username``: v3 USM user name (required for v3).
+- ``auth_protocol``: v3 ``MD5``, ``SHA`` (SHA-1), ``SHA-224``, ``SHA-256``, ``SHA-384`` or ``SHA-512``
+  (case and dashes do not matter: ``sha256`` works); default ``SHA`` when ``auth_password`` is set.
+- ``auth_password``: v3 authentication pass phrase, at least 8 characters. Without both passwords the
+  user is noAuthNoPriv; with ``auth_password`` only, authNoPriv; with both, authPriv.
+- ``priv_protocol``: v3 ``AES`` (= ``AES-128``), ``AES-192``, ``AES-256`` (Blumenthal key extension, as
+  Net-SNMP), ``AES-192-C``, ``AES-256-C`` (Reeder "Cisco" key extension), ``DES`` or ``3DES``; default
+  ``AES`` when ``priv_password`` is set.
+- ``priv_password``: v3 privacy pass phrase, at least 8 characters; requires ``auth_password``.
+- ``engine_id``: v3, this sender's snmpEngineID in hex (5-32 octets, e.g. ``"0x80001f88045075736c6531"``).
+  A v3 trap receiver must know the sender's engine ID (Net-SNMP snmptrapd:
+  ``createUser -e <engine_id> <username> SHA <auth> AES <priv>``). Without it the worker uses an ID
+  generated per process, which changes on every restart: set it for v3 traps. (Informs discover the
+  receiver's engine ID and need no ``engine_id``.)
+- ``oid_prefix``: the OID the layout below hangs under, default ``1.3.6.1.4.1.99999``; a dotted numeric
+  OID under ``1.3.6.1`` (a leading dot is allowed).
+- ``inform``: ``true`` sends an acknowledged InformRequest instead of a trap (see "Delivered" below).
 
 Secrets (scrubbed from every error): ``community``, ``auth_password``, ``priv_password``.
 
@@ -32,23 +32,24 @@ Notification layout (``channels/mibs/PULSE-ALERT-MIB.txt`` describes it for the 
 notification is an SNMPv2-Trap PDU (or InformRequest) whose varbinds are, in order: ``sysUpTime.0``
 (the sending engine's uptime, added by pysnmp), ``snmpTrapOID.0`` and the ten alert objects.
 
-=================== ============ ===============================================================
-OID                 type         value
-=================== ============ ===============================================================
-``<prefix>.0.1``    notification pulseAlertEvent: snmpTrapOID.0 for OPEN and ACKNOWLEDGED events
-``<prefix>.0.2``    notification pulseAlertCleared: snmpTrapOID.0 for CLOSED (resolved) events
-``<prefix>.1.1``    OctetString  alert_id
-``<prefix>.1.2``    OctetString  device_id
-``<prefix>.1.3``    OctetString  tenant_id
-``<prefix>.1.4``    Integer32    severity level (platform scale 0-5, >=4 critical); -1 when unknown
-``<prefix>.1.5``    OctetString  severity label: CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN
-``<prefix>.1.6``    OctetString  message (UTF-8, cut to 1024 bytes)
-``<prefix>.1.7``    OctetString  triggered_at as the producer sent it (ISO 8601), empty when unknown
-``<prefix>.1.8``    OctetString  alert_type
-``<prefix>.1.9``    OctetString  site_id
-``<prefix>.1.10``   OctetString  event: OPEN, CLOSED or ACKNOWLEDGED
-=================== ============ ===============================================================
+================== ======================= =========== =====================================================
+OID                PULSE-ALERT-MIB name    type        value
+================== ======================= =========== =====================================================
+``<prefix>.0.1``   pulseAlertNotification  (trap OID)  snmpTrapOID.0 for OPEN and ACKNOWLEDGED events
+``<prefix>.0.2``   pulseAlertCleared       (trap OID)  snmpTrapOID.0 for CLOSED (resolved) events
+``<prefix>.1.1``   pulseAlertId            OctetString alert_id
+``<prefix>.1.2``   pulseAlertDeviceId      OctetString device_id
+``<prefix>.1.3``   pulseAlertTenantId      OctetString tenant_id
+``<prefix>.1.4``   pulseAlertSeverity      Integer32   severity level (0-5, >=4 critical); -1 when unknown
+``<prefix>.1.5``   pulseAlertSeverityLabel OctetString CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN
+``<prefix>.1.6``   pulseAlertMessage       OctetString message, cut to 1024 bytes
+``<prefix>.1.7``   pulseAlertTriggeredAt   OctetString triggered_at as the producer sent it (ISO 8601)
+``<prefix>.1.8``   pulseAlertType          OctetString alert_type
+``<prefix>.1.9``   pulseAlertSiteId        OctetString site_id
+``<prefix>.1.10``  pulseAlertEvent         OctetString OPEN, CLOSED or ACKNOWLEDGED
+================== ======================= =========== =====================================================
 
+The object varbinds are named by the object OIDs themselves, without a ``.0`` instance suffix.
 Text values are UTF-8; missing values are empty strings; every text value except the message is
 cut to 255 bytes (on a character boundary).
 
@@ -73,7 +74,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -180,12 +181,12 @@ class SnmpConfig:
     host: str
     port: int = DEFAULT_PORT
     version: str = "2c"  # "2c" or "3"
-    community: str = DEFAULT_COMMUNITY
+    community: str = field(default=DEFAULT_COMMUNITY, repr=False)
     username: str | None = None
     auth_protocol: str | None = None  # a key of AUTH_PROTOCOLS, None for noAuth
-    auth_password: str | None = None
+    auth_password: str | None = field(default=None, repr=False)
     priv_protocol: str | None = None  # a key of PRIV_PROTOCOLS, None for noPriv
-    priv_password: str | None = None
+    priv_password: str | None = field(default=None, repr=False)
     engine_id: bytes | None = None
     oid_prefix: tuple[int, ...] = tuple(int(arc) for arc in DEFAULT_OID_PREFIX.split("."))
     inform: bool = False
@@ -466,10 +467,10 @@ class SnmpNotifier:
         log.warning("snmp.loop_error", message=context.get("message"), error=repr(exc) if exc else None)
 
     def budget(self, config: SnmpConfig) -> _Budget:
-        if config.inform:
-            # every attempt waits `timeout`; plus one timer tick of slack for pysnmp's retry clock
-            return _Budget(resolve=self.timeout, total=self.timeout * (self.retries + 2) + 0.5)
-        return _Budget(resolve=self.timeout, total=self.timeout)
+        """The name lookup gets ``timeout``; then a trap gets ``timeout`` more to be built and sent, an
+        inform ``timeout`` per attempt plus one exchange for v3 engine discovery and some slack."""
+        sending = self.timeout * (self.retries + 2) + 0.5 if config.inform else self.timeout
+        return _Budget(resolve=self.timeout, total=self.timeout + sending)
 
     def notify(self, config: SnmpConfig, varbinds: list[tuple[tuple[int, ...], Any]]) -> str:
         """Send one notification; returns a one-line receipt or raises Transient/PermanentError."""

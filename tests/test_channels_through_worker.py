@@ -17,6 +17,7 @@ from tests.rows import (
 )
 from tests.servers.mqtt_subscriber import Subscriber
 from tests.servers.smtp import closed_port, smtp_server
+from tests.servers.snmp_receiver import UsmUser, snmp_receiver
 from tests.support import SAMPLE_PAYLOAD
 
 SMTP_PASSWORD = "smtp-pa55word-xyz"
@@ -184,3 +185,77 @@ def test_unreachable_mqtt_broker_retries_then_fails_readably(database):
     assert row["status"] == "FAILED" and row["attempts"] == 2
     assert f"127.0.0.1:{port}" in row["last_error"]
     assert "mqtt-secret-99" not in row["last_error"]
+
+
+def test_snmp_v2c_channel_through_notification_jobs(database):
+    with snmp_receiver(community="c0mmunity-s3cret") as receiver:
+        channel = insert_channel(
+            database,
+            "snmp",
+            {"host": "127.0.0.1", "port": receiver.port, "version": "2c", "community": "c0mmunity-s3cret"},
+        )
+        job_id = insert_notification_job(database, channel, alert_id=4242)
+
+        drain(database)
+
+        (trap,) = receiver.wait_for_traps(1)
+    prefix = "1.3.6.1.4.1.99999"
+    assert trap.version == "2c" and trap.trap_oid == f"{prefix}.0.1"
+    assert trap.varbinds[f"{prefix}.1.1"] == "4242"
+    assert trap.varbinds[f"{prefix}.1.2"] == "sensor-17"
+    assert trap.varbinds[f"{prefix}.1.3"] == "tenant-a"
+    assert trap.varbinds[f"{prefix}.1.4"] == 4
+    assert trap.varbinds[f"{prefix}.1.6"] == "Temperature 92.5C above 85C"
+    assert trap.varbinds[f"{prefix}.1.7"] == "2026-11-29T03:00:00Z"
+    assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
+
+
+def test_snmp_v3_integration_through_delivery_jobs(database):
+    engine_id = "80001f8804707573652d74657374"
+    user = UsmUser("pulse-sha-aes", "SHA", "auth-pa55phrase", "AES", "priv-pa55phrase")
+    with snmp_receiver(community=None, users=[user], sender_engine_id=bytes.fromhex(engine_id)) as receiver:
+        integration = insert_integration(
+            database,
+            "snmp",
+            snmp_host="127.0.0.1",
+            snmp_port=receiver.port,
+            snmp_oid_prefix="1.3.6.1.4.1.55555",
+            snmp_config={
+                "version": "3",
+                "username": "pulse-sha-aes",
+                "auth_protocol": "SHA",
+                "auth_password": "auth-pa55phrase",
+                "priv_protocol": "AES",
+                "priv_password": "priv-pa55phrase",
+                "engine_id": engine_id,
+            },
+        )
+        job_id = insert_delivery_job(database, integration, event="CLOSED")
+
+        drain(database)
+
+        (trap,) = receiver.wait_for_traps(1)
+    assert trap.version == "3" and trap.security_level == "authPriv"
+    assert trap.trap_oid == "1.3.6.1.4.1.55555.0.2"  # cleared
+    assert trap.varbinds["1.3.6.1.4.1.55555.1.6"] == "Device offline for 10 minutes"
+    assert trap.varbinds["1.3.6.1.4.1.55555.1.10"] == "CLOSED"
+    assert job(database, "delivery_jobs", job_id)["status"] == "COMPLETED"
+    assert [a["ok"] for a in attempt_rows(database, job_id)] == [True]
+
+
+def test_unresolvable_snmp_host_retries_then_fails_readably(database, monkeypatch):
+    import socket
+
+    def no_such_host(*_args: object, **_kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    channel = insert_channel(database, "snmp", {"host": "nms.unknown.test", "community": "c0mmunity-s3cret"})
+    job_id = insert_notification_job(database, channel)
+
+    drain(database, worker={"max_attempts": 2})
+
+    row = job(database, "notification_jobs", job_id)
+    assert row["status"] == "FAILED" and row["attempts"] == 2
+    assert "nms.unknown.test" in row["last_error"]
+    assert "c0mmunity-s3cret" not in row["last_error"]
