@@ -220,7 +220,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "quick_retries": ("2", _int(0, 10)),
         "quick_retry_budget_seconds": ("10", _float(0)),
         "job_timeout_seconds": ("120", _float(1)),
-        "lease_seconds": ("300", _float(10)),
+        "lease_seconds": ("300", _float(1)),
         "shutdown_timeout": ("25", _float(0)),
     },
     "http": {

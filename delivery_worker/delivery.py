@@ -36,6 +36,9 @@ class Deliverer:
 
     def run(self, job: Job) -> Outcome:
         started = datetime.now(UTC)
+        if self.stopping.is_set():  # claimed but not started before shutdown: put back, uncounted
+            log.info("job.released", job_id=job.job_id, table=job.table.value, attempt=job.attempt)
+            return Outcome(job, Verdict.DEFERRED, started, started)
         secrets: set[str] = set()
         receipt: Receipt | None = None
         error: DeliveryError | None = None
@@ -112,5 +115,5 @@ class Deliverer:
         elif outcome.verdict is Verdict.RETRY:
             fields["retry_in_s"] = outcome.retry_delay_seconds
             log.warning("job.retry_scheduled", **fields, error=outcome.error)
-        else:
+        elif outcome.verdict is Verdict.FAILED:
             log.error("job.failed", **fields, error=outcome.error)

@@ -43,6 +43,7 @@ class Job:
     payload: Any  # payload_json as stored: usually an object, sometimes a JSON string
     destination: Destination | None  # None when the channel/integration row does not exist
     channel_id: int | None = None  # notification_jobs only, for notification_log
+    lease: datetime | None = None  # lease_expires_at set by this claim; identifies the claim
 
     @property
     def key(self) -> str:
@@ -57,8 +58,9 @@ class Job:
 
 class Verdict(enum.StrEnum):
     COMPLETED = "completed"
-    RETRY = "retry"
-    FAILED = "failed"
+    RETRY = "retry"  # a failed attempt: attempts + 1, PENDING after the backoff
+    FAILED = "failed"  # final: attempts + 1, FAILED
+    DEFERRED = "deferred"  # not attempted (shutdown, open circuit): PENDING again, attempts unchanged
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,12 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
+from channels.errors import TransientError
 from delivery_worker.config import Settings
 from delivery_worker.db import Connection, DatabaseUnavailable, connect, transaction
 from delivery_worker.delivery import Deliverer
@@ -25,7 +28,18 @@ from delivery_worker.queues import JobQueue
 
 log = structlog.get_logger("delivery_worker.poller")
 
+REAP_INTERVAL_SECONDS = 5.0
 RECONNECT_MIN_SECONDS = 0.5
+
+
+@dataclass
+class Running:
+    job: Job
+    started_at: datetime
+    submitted_at: float  # monotonic
+    warned: bool = False
+
+
 RECONNECT_MAX_SECONDS = 15.0
 
 
@@ -47,7 +61,9 @@ class Poller:
         self.threads = settings.worker.threads
         self.finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.unrecorded: list[Outcome] = []
-        self.in_flight: dict[str, Future[Outcome]] = {}
+        self.in_flight: dict[str, Running] = {}
+        self.stop_deadline: float | None = None
+        self.next_reap = 0.0
         self.conn: Connection | None = None
         self.outage_since: float | None = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
@@ -55,26 +71,71 @@ class Poller:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self, *, drain: bool = False) -> None:
-        """Poll until stopped (or, with drain, until nothing is due and nothing is in flight)."""
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="deliver") as pool:
+    def run(self, *, drain: bool = False) -> int:
+        """Poll until stopped (or, with drain, until nothing is due and nothing is in flight).
+
+        Returns how many jobs were still running when ``shutdown_timeout`` ran out; their threads
+        are abandoned (the caller should exit the process) and the jobs are already put back.
+        """
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="deliver")
+        abandoned = 0
+        try:
             while True:
                 self.wake.clear()
                 self._collect_finished()
                 claimed = self._record_and_claim()
                 for job in claimed:
                     self._submit(pool, job)
+                self._warn_overdue()
                 self.observer.poll_ticked(
                     database_ok=self.outage_since is None, in_flight=len(self.in_flight)
                 )
-                if self.stopping.is_set() and not self.in_flight:
-                    break
-                if drain and not claimed and not self.in_flight and self._idle():
+                if self.stopping.is_set():
+                    if self.stop_deadline is None:
+                        self._begin_shutdown()
+                    if not self.in_flight:
+                        break
+                    if time.monotonic() >= (self.stop_deadline or 0):
+                        abandoned = self._abandon_in_flight()
+                        break
+                elif drain and not claimed and not self.in_flight and self._idle():
                     break
                 if not self._should_poll_again_now(claimed):
                     self.wake.wait(self._wait_seconds())
+        finally:
             self.observer.stopping()
             self._flush_on_exit()
+            pool.shutdown(wait=abandoned == 0, cancel_futures=True)
+        return abandoned
+
+    def _begin_shutdown(self) -> None:
+        timeout = self.settings.worker.shutdown_timeout
+        self.stop_deadline = time.monotonic() + timeout
+        log.info("shutdown.started", in_flight=len(self.in_flight), timeout_s=timeout)
+
+    def _abandon_in_flight(self) -> int:
+        """Jobs still running at the shutdown deadline: count the attempt and put them back."""
+        now = datetime.now(UTC)
+        error = TransientError("worker shut down before the attempt finished")
+        for running in self.in_flight.values():
+            verdict, delay = self.deliverer.policy.decide(running.job.attempts, error)
+            self.unrecorded.append(
+                Outcome(
+                    running.job, verdict, running.started_at, now, error=str(error), retry_delay_seconds=delay
+                )
+            )
+        abandoned = len(self.in_flight)
+        log.warning("shutdown.abandoned", jobs=sorted(self.in_flight), count=abandoned)
+        self.in_flight.clear()
+        return abandoned
+
+    def _warn_overdue(self) -> None:
+        limit = self.settings.worker.job_timeout_seconds
+        now = time.monotonic()
+        for key, running in self.in_flight.items():
+            if not running.warned and now - running.submitted_at > limit:
+                running.warned = True
+                log.warning("job.overdue", job=key, running_s=round(now - running.submitted_at, 1))
 
     def _should_poll_again_now(self, claimed: list[Job]) -> bool:
         """A full claim means more may be waiting; claim again at once if threads are free."""
@@ -82,9 +143,10 @@ class Poller:
         return bool(claimed) and full and len(self.in_flight) < self.threads
 
     def _wait_seconds(self) -> float:
-        if self.outage_since is not None:
-            return self.reconnect_delay
-        return self.settings.worker.poll_interval
+        wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
+        if self.stop_deadline is not None:
+            wait = max(0.0, min(wait, self.stop_deadline - time.monotonic()))
+        return wait
 
     def _idle(self) -> bool:
         return self.outage_since is None and not self.unrecorded
@@ -93,7 +155,7 @@ class Poller:
 
     def _submit(self, pool: ThreadPoolExecutor, job: Job) -> None:
         future = pool.submit(self.deliverer.run, job)
-        self.in_flight[job.key] = future
+        self.in_flight[job.key] = Running(job, datetime.now(UTC), time.monotonic())
         future.add_done_callback(self._on_done)
 
     def _on_done(self, future: Future[Outcome]) -> None:
@@ -106,8 +168,8 @@ class Poller:
                 outcome = self.finished.get_nowait()
             except queue.Empty:
                 break
-            self.unrecorded.append(outcome)
-            self.in_flight.pop(outcome.job.key, None)
+            if self.in_flight.pop(outcome.job.key, None) is not None:
+                self.unrecorded.append(outcome)  # else it was abandoned and already put back
 
     # --- database --------------------------------------------------------------------------------
 
@@ -118,6 +180,7 @@ class Poller:
         assert self.conn is not None
         try:
             self._record(self.conn)
+            self._reap_expired_leases(self.conn)
             free = self.threads - len(self.in_flight)
             if free <= 0 or self.stopping.is_set():
                 return []
@@ -136,6 +199,17 @@ class Poller:
                     job_queue.record(cur, mine)
         recorded, self.unrecorded = self.unrecorded, []
         self.observer.outcomes_recorded(recorded)
+
+    def _reap_expired_leases(self, conn: Connection) -> None:
+        now = time.monotonic()
+        if now < self.next_reap:
+            return
+        self.next_reap = now + min(REAP_INTERVAL_SECONDS, self.settings.worker.lease_seconds / 2)
+        with transaction(conn) as cur:
+            for job_queue in self.queues:
+                reclaimed = job_queue.reap(cur)
+                if reclaimed:
+                    log.warning("jobs.reclaimed", table=job_queue.table.value, count=reclaimed)
 
     def _claim(self, conn: Connection, free: int) -> list[Job]:
         """Claim for each table in turn, starting with a different one each cycle.

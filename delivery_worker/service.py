@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -15,8 +16,7 @@ from delivery_worker.db import DatabaseUnavailable, connect
 from delivery_worker.delivery import Deliverer
 from delivery_worker.migrate import pending_migrations
 from delivery_worker.poller import Poller
-from delivery_worker.queues.delivery_jobs import DeliveryJobs
-from delivery_worker.queues.notification_jobs import NotificationJobs
+from delivery_worker.queues import build_queues
 from delivery_worker.retry import RetryPolicy
 
 log = structlog.get_logger("delivery_worker.service")
@@ -59,7 +59,7 @@ def run_worker(settings: Settings, *, drain: bool = False) -> None:
     stopping = threading.Event()
     registry = build_registry(settings)
     deliverer = Deliverer(registry, RetryPolicy.from_settings(settings.worker), stopping)
-    poller = Poller(settings, [NotificationJobs(), DeliveryJobs()], deliverer, stopping)
+    poller = Poller(settings, build_queues(settings), deliverer, stopping)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stopping, poller.wake)
     log.info(
@@ -71,10 +71,14 @@ def run_worker(settings: Settings, *, drain: bool = False) -> None:
         config=settings.source,
     )
     try:
-        poller.run(drain=drain)
+        abandoned = poller.run(drain=drain)
     finally:
         registry.close()
     log.info("worker.stopped", reason="drained" if drain and not stopping.is_set() else "signal")
+    if abandoned:
+        # Threads stuck in network I/O cannot be interrupted; their jobs are already put back.
+        sys.stdout.flush()
+        os._exit(0)
 
 
 __all__ = ["DatabaseUnavailable", "SchemaNotReady", "run_worker"]

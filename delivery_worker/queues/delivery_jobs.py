@@ -13,7 +13,8 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.queues.status import clip, record_statuses
+from delivery_worker.queues.status import LEASE_LOST_ERROR, clip, reap_expired, record_statuses
+from delivery_worker.retry import RetryPolicy
 
 CLAIM = """
 WITH due AS (
@@ -25,12 +26,15 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE delivery_jobs AS j
-SET status = 'PROCESSING', updated_at = now()
+SET status = 'PROCESSING',
+    lease_expires_at = now() + %(lease_seconds)s * interval '1 second',
+    updated_at = now()
 FROM due
 LEFT JOIN integrations AS i
        ON i.tenant_id = due.tenant_id AND i.integration_id = due.integration_id
 WHERE j.job_id = due.job_id
 RETURNING j.job_id, j.tenant_id, j.alert_id, j.deliver_on_event, j.attempts, j.payload_json,
+          j.lease_expires_at,
           i.integration_id, i.type::text, i.enabled, i.config_json,
           i.snmp_host, i.snmp_port, i.snmp_config, i.snmp_oid_prefix,
           i.email_config, i.email_recipients, i.email_template,
@@ -91,12 +95,16 @@ INTEGRATION_COLUMNS = (
 class DeliveryJobs:
     table = Table.DELIVERY_JOBS
 
+    def __init__(self, *, lease_seconds: float, policy: RetryPolicy) -> None:
+        self.lease_seconds = lease_seconds
+        self.policy = policy
+
     def claim(self, cur: cursor, limit: int) -> list[Job]:
-        cur.execute(CLAIM, {"limit": limit})
+        cur.execute(CLAIM, {"limit": limit, "lease_seconds": self.lease_seconds})
         return [self._job(row) for row in cur.fetchall()]
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
-        record_statuses(cur, self.table, outcomes)
+        written = record_statuses(cur, self.table, outcomes)
         rows = [
             (
                 o.job.tenant_id,
@@ -110,13 +118,37 @@ class DeliveryJobs:
                 o.finished_at,
             )
             for o in outcomes
+            if o.verdict is not Verdict.DEFERRED and o.job.job_id in written
         ]
         if rows:
             execute_values(cur, INSERT_ATTEMPTS, rows)
 
+    def reap(self, cur: cursor) -> int:
+        reaped = reap_expired(
+            cur,
+            self.table,
+            extra="NULL",
+            lease_seconds=self.lease_seconds,
+            max_attempts=self.policy.max_attempts,
+            base=self.policy.backoff_base_seconds,
+            cap=self.policy.backoff_max_seconds,
+        )
+        rows = [
+            (tenant_id, job_id, attempts, False, None, None, LEASE_LOST_ERROR, None, None)
+            for job_id, _status, tenant_id, _alert, attempts, _extra in reaped
+        ]
+        if rows:
+            execute_values(
+                cur,
+                INSERT_ATTEMPTS,
+                rows,
+                template="(%s, %s, %s, %s, %s, %s, %s, COALESCE(%s, now()), COALESCE(%s, now()))",
+            )
+        return len(reaped)
+
     @staticmethod
     def _job(row: tuple[Any, ...]) -> Job:
-        job_id, tenant_id, alert_id, event, attempts, payload, *rest = row
+        job_id, tenant_id, alert_id, event, attempts, payload, lease, *rest = row
         integration = dict(zip(INTEGRATION_COLUMNS, rest, strict=True))
         destination = None
         if integration["integration_id"] is not None:
@@ -137,4 +169,5 @@ class DeliveryJobs:
             attempts=attempts,
             payload=payload,
             destination=destination,
+            lease=lease,
         )

@@ -9,7 +9,8 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.queues.status import clip, record_statuses
+from delivery_worker.queues.status import LEASE_LOST_ERROR, clip, reap_expired, record_statuses
+from delivery_worker.retry import RetryPolicy
 
 # One statement claims the batch and returns each job with its channel (NULL when it was deleted).
 CLAIM = """
@@ -22,12 +23,15 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE notification_jobs AS j
-SET status = 'PROCESSING', updated_at = now()
+SET status = 'PROCESSING',
+    lease_expires_at = now() + %(lease_seconds)s * interval '1 second',
+    updated_at = now()
 FROM due
 LEFT JOIN notification_channels AS c ON c.channel_id = due.channel_id
 WHERE j.job_id = due.job_id
 RETURNING j.job_id, j.tenant_id, j.alert_id, j.channel_id, j.deliver_on_event, j.attempts,
-          j.payload_json, c.channel_id, c.tenant_id, c.channel_type, c.is_enabled, c.config
+          j.payload_json, j.lease_expires_at,
+          c.channel_id, c.tenant_id, c.channel_type, c.is_enabled, c.config
 """
 
 INSERT_LOG = """
@@ -39,13 +43,21 @@ VALUES %s
 class NotificationJobs:
     table = Table.NOTIFICATION_JOBS
 
+    def __init__(self, *, lease_seconds: float, policy: RetryPolicy) -> None:
+        self.lease_seconds = lease_seconds
+        self.policy = policy
+
     def claim(self, cur: cursor, limit: int) -> list[Job]:
-        cur.execute(CLAIM, {"limit": limit})
+        cur.execute(CLAIM, {"limit": limit, "lease_seconds": self.lease_seconds})
         return [self._job(row) for row in cur.fetchall()]
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
-        record_statuses(cur, self.table, outcomes)
-        finished = [o for o in outcomes if o.verdict is not Verdict.RETRY]
+        written = record_statuses(cur, self.table, outcomes)
+        finished = [
+            o
+            for o in outcomes
+            if o.verdict in (Verdict.COMPLETED, Verdict.FAILED) and o.job.job_id in written
+        ]
         if finished:
             rows = [
                 (
@@ -59,9 +71,28 @@ class NotificationJobs:
             ]
             execute_values(cur, INSERT_LOG, rows)
 
+    def reap(self, cur: cursor) -> int:
+        reaped = reap_expired(
+            cur,
+            self.table,
+            extra="j.channel_id",
+            lease_seconds=self.lease_seconds,
+            max_attempts=self.policy.max_attempts,
+            base=self.policy.backoff_base_seconds,
+            cap=self.policy.backoff_max_seconds,
+        )
+        failed = [
+            (channel_id, alert_id, job_id, False, LEASE_LOST_ERROR)
+            for job_id, status, _tenant, alert_id, _attempts, channel_id in reaped
+            if status == "FAILED"
+        ]
+        if failed:
+            execute_values(cur, INSERT_LOG, failed)
+        return len(reaped)
+
     @staticmethod
     def _job(row: tuple[Any, ...]) -> Job:
-        (job_id, tenant_id, alert_id, channel_id, event, attempts, payload, *channel) = row
+        (job_id, tenant_id, alert_id, channel_id, event, attempts, payload, lease, *channel) = row
         found_id, channel_tenant, channel_type, enabled, config = channel
         destination = None
         if found_id is not None:
@@ -82,4 +113,5 @@ class NotificationJobs:
             payload=payload,
             destination=destination,
             channel_id=channel_id,
+            lease=lease,
         )
