@@ -1,16 +1,25 @@
-"""PagerDuty Events API v2: trigger on OPEN, acknowledge and resolve with the same dedup_key."""
+"""PagerDuty Events API v2: trigger on OPEN, acknowledge and resolve with the same dedup_key.
+
+PagerDuty answers 202 when it accepted an event, 400 for an event it will never accept (a permanent
+error), 429 when throttled and 5xx on its own failures (both worth retrying); ``channels/http.py``
+classifies them so. A trigger carries PD-CEF fields: summary (<= 1024 chars), severity, source
+(device), class (alert type), group (site), timestamp (``triggered_at`` when it is ISO 8601) and
+custom_details; acknowledge and resolve need only the dedup_key, and PagerDuty ignores a payload on them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.alert import Alert
 from channels.base import ChannelContext, Delivery, Receipt, config_object, require_str
 
 SUMMARY_LIMIT = 1024
+CLIENT = "delivery-worker"  # shown in PagerDuty as the monitoring tool that sent the event
 ACTIONS = {"OPEN": "trigger", "ACKNOWLEDGED": "acknowledge", "CLOSED": "resolve"}
 
 
@@ -38,6 +47,15 @@ def dedup_key(alert: Alert) -> str:
     return f"pulse-alert-{alert.alert_id}"
 
 
+def iso_timestamp(value: str) -> str | None:
+    """``value`` as an ISO 8601 timestamp with a zone (UTC when it has none), or None if it is not one."""
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
 def build_event(routing_key: str, alert: Alert) -> dict[str, Any]:
     action = ACTIONS.get(alert.event, "trigger")
     event: dict[str, Any] = {
@@ -63,7 +81,11 @@ def build_event(routing_key: str, alert: Alert) -> dict[str, Any]:
             payload["class"] = alert.alert_type
         if alert.site_id:
             payload["group"] = alert.site_id
+        timestamp = iso_timestamp(alert.triggered_at) if alert.triggered_at else None
+        if timestamp:
+            payload["timestamp"] = timestamp
         event["payload"] = payload
+        event["client"] = CLIENT
     return event
 
 

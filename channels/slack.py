@@ -1,4 +1,12 @@
-"""Slack incoming webhooks: a coloured attachment with Block Kit content and a plain-text fallback."""
+"""Slack incoming webhooks: a coloured attachment with Block Kit content and a plain-text fallback.
+
+The top-level ``text`` is what notifications and clients without Block Kit show; the blocks sit in
+a secondary attachment because only an attachment carries the severity colour bar. Slack reads
+``&``, ``<`` and ``>`` as control characters in ``text`` and in mrkdwn text objects, so alert values
+are escaped as Slack's formatting reference requires (``&amp;``, ``&lt;``, ``&gt;``), which also keeps
+an alert message from injecting ``<!channel>`` mentions or links. Texts are cut to Slack's block
+limits, since an over-long block makes Slack refuse the whole message with HTTP 400.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,12 @@ COLOURS = {"CRITICAL": "#e94560", "HIGH": "#ff9800", "MEDIUM": "#ffc107"}
 DEFAULT_COLOUR = "#2196f3"
 RESOLVED_COLOUR = "#2eb67d"
 
+SECTION_TEXT_LIMIT = 3000  # Block Kit: a section's text
+FIELD_TEXT_LIMIT = 2000  # Block Kit: each section field
+CONTEXT_TEXT_LIMIT = 2000
+FALLBACK_TEXT_LIMIT = 4000  # Slack truncates longer top-level text
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
 
 @dataclass(frozen=True)
 class SlackConfig:
@@ -22,6 +36,22 @@ class SlackConfig:
 
     def secrets(self) -> tuple[str, ...]:
         return (self.webhook_url,)
+
+
+def escape(text: str, limit: int | None = None) -> str:
+    """Text made literal for Slack; cut with "…" (never inside an entity) to at most ``limit`` chars."""
+    escaped = "".join(_ESCAPES.get(ch, ch) for ch in text)
+    if limit is None or len(escaped) <= limit:
+        return escaped
+    pieces: list[str] = []
+    size = 0
+    for ch in text:
+        piece = _ESCAPES.get(ch, ch)
+        if size + len(piece) > limit - 1:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces) + "…"
 
 
 def build_message(alert: Alert) -> dict[str, Any]:
@@ -34,17 +64,26 @@ def build_message(alert: Alert) -> dict[str, Any]:
         ("Severity", alert.severity_label),
         ("Site", alert.site_id or "-"),
     ]
+    field_limit = FIELD_TEXT_LIMIT - 20  # room for the "*Name:*\n" prefix
+    context = " · ".join(
+        part for part in (f"Alert {alert.alert_id}", alert.event, alert.triggered_at) if part
+    )
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{headline}*"}},
         {
             "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{name}:*\n{value}"} for name, value in fields],
+            "text": {"type": "mrkdwn", "text": f"*{escape(headline, SECTION_TEXT_LIMIT - 2)}*"},
         },
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*{name}:*\n{escape(value, field_limit)}"}
+                for name, value in fields
+            ],
+        },
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(context, CONTEXT_TEXT_LIMIT)}]},
     ]
-    if alert.triggered_at:
-        context = f"Alert {alert.alert_id} · {alert.event} · {alert.triggered_at}"
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
-    return {"text": headline, "attachments": [{"color": colour, "blocks": blocks}]}
+    fallback = escape(headline, FALLBACK_TEXT_LIMIT)
+    return {"text": fallback, "attachments": [{"color": colour, "fallback": fallback, "blocks": blocks}]}
 
 
 class SlackChannel:

@@ -1,4 +1,13 @@
-"""Microsoft Teams incoming webhooks: an Office 365 MessageCard with a severity colour."""
+"""Microsoft Teams: an Adaptive Card for a Workflows webhook (default), or a legacy MessageCard.
+
+Office 365 connectors (the ``...webhook.office.com`` URLs that took a MessageCard) are being retired;
+their replacement is a Teams Workflows webhook ("Post to a channel when a webhook request is
+received"), which expects a message whose attachments hold Adaptive Cards. ``config.format`` picks
+the shape: ``adaptive`` (default) or ``messagecard`` for a connector URL that still works.
+
+Both show severity (as a colour), device, type, site, time and alert id; a CLOSED event is shown
+as resolved (green).
+"""
 
 from __future__ import annotations
 
@@ -8,32 +17,97 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.alert import Alert
-from channels.base import ChannelContext, Delivery, Receipt, config_object, require_str
+from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
+from channels.errors import InvalidChannelConfig
 from channels.http import check_url
 
+FORMATS = ("adaptive", "messagecard")
+DEFAULT_FORMAT = "adaptive"
+
+# MessageCard themeColor, by severity label.
 COLOURS = {"CRITICAL": "e94560", "HIGH": "ff9800", "MEDIUM": "ffc107"}
 DEFAULT_COLOUR = "2196f3"
 RESOLVED_COLOUR = "2eb67d"
+
+# Adaptive Card Container styles (the only colours a card may name), by severity label.
+STYLES = {"CRITICAL": "attention", "HIGH": "warning", "MEDIUM": "warning"}
+DEFAULT_STYLE = "accent"
+RESOLVED_STYLE = "good"
+
+ADAPTIVE_CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
+ADAPTIVE_CARD_VERSION = "1.4"  # rendered by Teams desktop, web and mobile
+ADAPTIVE_CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+MESSAGE_LIMIT = 2000  # Teams refuses cards over ~28 KB; an alert message is never worth that
 
 
 @dataclass(frozen=True)
 class TeamsConfig:
     webhook_url: str
+    format: str = DEFAULT_FORMAT
 
     def secrets(self) -> tuple[str, ...]:
         return (self.webhook_url,)
 
 
-def build_message_card(alert: Alert) -> dict[str, Any]:
+def _title(alert: Alert) -> str:
     label = "RESOLVED" if alert.is_resolved else alert.severity_label
-    title = f"[{label}] {alert.message or 'Alert'}"
-    colour = RESOLVED_COLOUR if alert.is_resolved else COLOURS.get(alert.severity_label, DEFAULT_COLOUR)
-    facts = [
-        {"name": "Device", "value": alert.device_id or "unknown"},
-        {"name": "Type", "value": alert.alert_type or "-"},
-        {"name": "Severity", "value": alert.severity_label},
-        {"name": "Time", "value": alert.triggered_at or "-"},
+    return f"[{label}] {_cut(alert.message, 200) or 'Alert'}"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+STATUSES = {"OPEN": "Open", "ACKNOWLEDGED": "Acknowledged", "CLOSED": "Resolved"}
+
+
+def _status(alert: Alert) -> str:
+    return STATUSES.get(alert.event, alert.event)
+
+
+def _facts(alert: Alert) -> list[tuple[str, str]]:
+    return [
+        ("Severity", alert.severity_label),
+        ("Status", _status(alert)),
+        ("Device", alert.device_id or "unknown"),
+        ("Type", alert.alert_type or "-"),
+        ("Site", alert.site_id or "-"),
+        ("Time", alert.triggered_at or "-"),
+        ("Alert ID", alert.alert_id or "-"),
     ]
+
+
+def build_adaptive_message(alert: Alert) -> dict[str, Any]:
+    """A Workflows webhook message carrying one Adaptive Card."""
+    style = RESOLVED_STYLE if alert.is_resolved else STYLES.get(alert.severity_label, DEFAULT_STYLE)
+    headline = {
+        "type": "Container",
+        "style": style,
+        "bleed": True,
+        "items": [
+            {"type": "TextBlock", "text": _title(alert), "weight": "Bolder", "size": "Medium", "wrap": True}
+        ],
+    }
+    body: list[dict[str, Any]] = [headline]
+    if alert.message:
+        body.append({"type": "TextBlock", "text": _cut(alert.message, MESSAGE_LIMIT), "wrap": True})
+    facts = [{"title": name, "value": value} for name, value in _facts(alert)]
+    body.append({"type": "FactSet", "facts": facts})
+    card = {
+        "$schema": ADAPTIVE_CARD_SCHEMA,
+        "type": "AdaptiveCard",
+        "version": ADAPTIVE_CARD_VERSION,
+        "body": body,
+        "msteams": {"width": "Full"},
+    }
+    attachment = {"contentType": ADAPTIVE_CARD_CONTENT_TYPE, "contentUrl": None, "content": card}
+    return {"type": "message", "attachments": [attachment]}
+
+
+def build_message_card(alert: Alert) -> dict[str, Any]:
+    """The legacy Office 365 connector card."""
+    title = _title(alert)
+    colour = RESOLVED_COLOUR if alert.is_resolved else COLOURS.get(alert.severity_label, DEFAULT_COLOUR)
     return {
         "@type": "MessageCard",
         "@context": "http://schema.org/extensions",
@@ -41,8 +115,17 @@ def build_message_card(alert: Alert) -> dict[str, Any]:
         "summary": title[:200],
         "title": title,
         "text": f"Device: {alert.device_id or 'unknown'} | Type: {alert.alert_type or '-'}",
-        "sections": [{"activityTitle": title, "facts": facts}],
+        "sections": [
+            {
+                "activityTitle": title,
+                "activityText": _cut(alert.message, MESSAGE_LIMIT),
+                "facts": [{"name": name, "value": value} for name, value in _facts(alert)],
+            }
+        ],
     }
+
+
+BUILDERS = {"adaptive": build_adaptive_message, "messagecard": build_message_card}
 
 
 class TeamsChannel:
@@ -52,11 +135,15 @@ class TeamsChannel:
         self.http = context.http
 
     def parse_config(self, raw: Mapping[str, Any]) -> TeamsConfig:
-        url = require_str(config_object(raw), "webhook_url")
-        return TeamsConfig(webhook_url=check_url(url, where="config.webhook_url"))
+        raw = config_object(raw)
+        url = check_url(require_str(raw, "webhook_url"), where="config.webhook_url")
+        fmt = (optional_str(raw, "format") or DEFAULT_FORMAT).lower()
+        if fmt not in FORMATS:
+            raise InvalidChannelConfig(f"config.format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return TeamsConfig(webhook_url=url, format=fmt)
 
     def send(self, config: TeamsConfig, delivery: Delivery) -> Receipt:
-        body = json.dumps(build_message_card(delivery.alert)).encode()
+        body = json.dumps(BUILDERS[config.format](delivery.alert)).encode()
         headers = {"Content-Type": "application/json"}
         return self.http.send(config.webhook_url, body, headers=headers, service="Teams")
 

@@ -1,17 +1,30 @@
-"""Customer HTTP webhooks: the alert payload as JSON, optional HMAC-SHA256 signature of the body.
+"""Customer HTTP webhooks: the alert payload as JSON, signed the way the receiver chose.
 
 Used by ``webhook``/``http`` channels and by ``webhook`` integrations (which may carry a
-``body_template``). The signature header is ``X-Signature-SHA256``: the hex HMAC-SHA256 of exactly
-the bytes sent, keyed with ``secret``. ``Idempotency-Key`` is the job's stable key, the same on every
-retry, so receivers can drop duplicates.
+``body_template``). ``Idempotency-Key`` is the job's stable key, the same on every retry, so
+receivers can drop duplicates. ``config.signature`` picks the signature headers (all need ``secret``):
+
+- ``hmac-sha256`` (default): ``X-Signature-SHA256`` = hex HMAC-SHA256 of exactly the bytes sent,
+  keyed with the UTF-8 bytes of ``secret``; without a secret nothing is signed (as before).
+- ``standard``: Standard Webhooks (standardwebhooks.com): ``webhook-id`` (``msg_`` + the job key,
+  the same on every retry), ``webhook-timestamp`` (unix seconds at send time) and
+  ``webhook-signature`` = ``v1,`` + base64 HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``. The key is
+  the base64 part of a ``whsec_...`` secret, as the spec defines; a secret without that prefix is
+  used as its raw UTF-8 bytes (receivers then verify with ``Webhook(secret.encode())``, or with
+  ``"whsec_" + base64(secret)``).
+- ``both``: all of the above; ``none``: no signature headers even when a secret is set.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import re
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +36,10 @@ from channels.templating import render
 
 ALLOWED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 SIGNATURE_HEADER = "X-Signature-SHA256"
+SIGNATURE_MODES = ("hmac-sha256", "standard", "both", "none")
+DEFAULT_SIGNATURE = "hmac-sha256"
+STANDARD_SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's prefix, not a secret
+_NOT_HEADER_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -32,13 +49,70 @@ class WebhookConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     secret: str | None = None
     body_template: Any = None  # str or object with {placeholders}; None sends the payload
+    signature: str = DEFAULT_SIGNATURE
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.secret,) if self.secret else ()
+        if not self.secret:
+            return ()
+        return (self.secret, self.secret.removeprefix(STANDARD_SECRET_PREFIX))
 
 
 def sign(secret: str, body: bytes) -> str:
+    """The ``X-Signature-SHA256`` value: hex HMAC-SHA256 of the body keyed with the secret's UTF-8."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def standard_key(secret: str) -> bytes:
+    """The Standard Webhooks HMAC key: base64-decoded after ``whsec_``, else the raw UTF-8 bytes."""
+    if not secret.startswith(STANDARD_SECRET_PREFIX):
+        return secret.encode()
+    encoded = secret.removeprefix(STANDARD_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidChannelConfig("config.secret starts with whsec_ but the rest is not base64") from None
+    if not key:
+        raise InvalidChannelConfig("config.secret is an empty whsec_ secret")
+    return key
+
+
+def webhook_id(delivery_key: str) -> str:
+    """A header-safe id, stable for the job: "notification_jobs:42" -> "msg_notification_jobs_42"."""
+    return "msg_" + _NOT_HEADER_SAFE.sub("_", delivery_key)
+
+
+def sign_standard(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signature_headers(config: WebhookConfig, delivery_key: str, body: bytes, *, now: float) -> dict[str, str]:
+    """The signature headers config.signature asks for (none without a secret)."""
+    if not config.secret or config.signature == "none":
+        return {}
+    headers: dict[str, str] = {}
+    if config.signature in ("hmac-sha256", "both"):
+        headers[SIGNATURE_HEADER] = sign(config.secret, body)
+    if config.signature in ("standard", "both"):
+        msg_id, timestamp = webhook_id(delivery_key), int(now)
+        headers["webhook-id"] = msg_id
+        headers["webhook-timestamp"] = str(timestamp)
+        headers["webhook-signature"] = sign_standard(standard_key(config.secret), msg_id, timestamp, body)
+    return headers
+
+
+def _signature(raw: Mapping[str, Any], secret: str | None) -> str:
+    mode = (optional_str(raw, "signature") or DEFAULT_SIGNATURE).lower()
+    if mode not in SIGNATURE_MODES:
+        raise InvalidChannelConfig(
+            f"config.signature must be one of {', '.join(SIGNATURE_MODES)}, got {mode[:40]!r}"
+        )
+    if mode in ("standard", "both"):
+        if not secret:
+            raise InvalidChannelConfig(f"config.secret is missing (config.signature is {mode})")
+        standard_key(secret)  # a bad whsec_ secret is a config error now, not at every send
+    return mode
 
 
 def _headers(raw: Any) -> dict[str, str]:
@@ -86,8 +160,9 @@ def _render_values(node: Any, values: Mapping[str, str]) -> Any:
 class WebhookChannel:
     channel_type = "webhook"
 
-    def __init__(self, context: ChannelContext) -> None:
+    def __init__(self, context: ChannelContext, *, clock: Callable[[], float] = time.time) -> None:
         self.http = context.http
+        self.clock = clock
 
     def parse_config(self, raw: Mapping[str, Any]) -> WebhookConfig:
         raw = config_object(raw)
@@ -98,20 +173,21 @@ class WebhookChannel:
         template = raw.get("body_template")
         if template is not None and not isinstance(template, str | dict | list):
             raise InvalidChannelConfig("config.body_template must be a string or an object")
+        secret = optional_str(raw, "secret")
         return WebhookConfig(
             url=url,
             method=method,
             headers=_headers(raw.get("headers")),
-            secret=optional_str(raw, "secret"),
+            secret=secret,
             body_template=template if template != "" else None,
+            signature=_signature(raw, secret),
         )
 
     def send(self, config: WebhookConfig, delivery: Delivery) -> Receipt:
         body, content_type = render_body(config, delivery)
         headers = {"Content-Type": content_type, **config.headers}
         headers["Idempotency-Key"] = delivery.key
-        if config.secret:
-            headers[SIGNATURE_HEADER] = sign(config.secret, body)
+        headers.update(signature_headers(config, delivery.key, body, now=self.clock()))
         return self.http.send(config.url, body, headers=headers, method=config.method, service="webhook")
 
     def close(self) -> None:

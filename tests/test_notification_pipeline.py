@@ -94,7 +94,9 @@ def test_pagerduty_trigger_event(database, http_server):
 
 
 def test_teams_message_card(database, http_server):
-    channel = insert_channel(database, "teams", {"webhook_url": http_server.url("/teams"), "format": "messagecard"})
+    channel = insert_channel(
+        database, "teams", {"webhook_url": http_server.url("/teams"), "format": "messagecard"}
+    )
     job_id = insert_notification_job(database, channel, dict(SAMPLE_PAYLOAD, severity=3))
 
     drain(database)
