@@ -51,13 +51,13 @@ class RecordingServer:
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?")[0]
                 reply = owner._next_reply(path)
-                if reply.delay:
-                    time.sleep(reply.delay)
-                with owner._arrived:
+                with owner._arrived:  # recorded on arrival, before any scripted delay
                     owner.requests.append(
                         Request(self.command, self.path, dict(self.headers), body, time.monotonic())
                     )
                     owner._arrived.notify_all()
+                if reply.delay:
+                    time.sleep(reply.delay)
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():

@@ -1,0 +1,43 @@
+"""Running the real `delivery-worker` command in child processes, as an operator would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+
+def worker_env(dsn: str, **settings: str) -> dict[str, str]:
+    """Environment for a child worker: DATABASE_URL plus DELIVERY_WORKER_<SECTION>_<KEY> overrides."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATABASE_URL": dsn,
+        "DELIVERY_WORKER_WORKER_POLL_INTERVAL": "0.05",
+        "DELIVERY_WORKER_WORKER_BACKOFF_BASE_SECONDS": "0",
+        "DELIVERY_WORKER_WORKER_QUICK_RETRIES": "0",
+        "DELIVERY_WORKER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8 ::1/128",
+    }
+    env.update({f"DELIVERY_WORKER_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+def start_worker(dsn: str, *args: str, **settings: str) -> subprocess.Popen[str]:
+    """`delivery-worker --config /dev/null run ARGS`; settings like worker_threads="4"."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "delivery_worker", "--config", "/dev/null", "run", *args],
+        env=worker_env(dsn, **settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
