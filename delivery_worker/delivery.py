@@ -60,6 +60,9 @@ class Deliverer:
         destination = job.destination
         if destination is None:
             raise PermanentError(NOT_FOUND[job.table])
+        if destination.tenant_id != job.tenant_id:
+            # A producer bug or a tampered row must never send one tenant's alert to another's channel.
+            raise PermanentError("Channel belongs to another tenant")
         if not destination.enabled:
             raise PermanentError(DISABLED[job.table])
         channel = self.registry.get(destination.channel_type)
