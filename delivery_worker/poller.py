@@ -23,6 +23,7 @@ from delivery_worker.config import Settings
 from delivery_worker.db import Connection, DatabaseUnavailable, connect, transaction
 from delivery_worker.delivery import Deliverer
 from delivery_worker.jobs import Job, Outcome
+from delivery_worker.listener import NotificationListener
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
 
@@ -78,6 +79,9 @@ class Poller:
         are abandoned (the caller should exit the process) and the jobs are already put back.
         """
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="deliver")
+        listener_stop = threading.Event()
+        if not drain:
+            NotificationListener(self.settings.database.dsn, self.wake, listener_stop).start()
         abandoned = 0
         try:
             while True:
@@ -103,6 +107,7 @@ class Poller:
                 if not self._should_poll_again_now(claimed):
                     self.wake.wait(self._wait_seconds())
         finally:
+            listener_stop.set()
             self.observer.stopping()
             self._flush_on_exit()
             pool.shutdown(wait=abandoned == 0, cancel_futures=True)
