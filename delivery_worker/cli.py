@@ -1,20 +1,32 @@
-"""`delivery-worker` command line: migrate, run, check-config."""
+"""`delivery-worker` command line: migrate, run, check-config, and the operator commands in ops/."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import psycopg2
+import structlog
 
 from delivery_worker import __version__
 from delivery_worker.config import ConfigError, Settings, load_settings, redacted_view
-from delivery_worker.db import DatabaseUnavailable, connect
+from delivery_worker.db import DatabaseRejected, DatabaseUnavailable, connect
 from delivery_worker.logs import configure_logging
+from delivery_worker.ops import prune, requeue, send_test, stats
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+
+# name -> (add_parser, run). Each lives in its own module under delivery_worker/ops/.
+OPERATOR_COMMANDS: dict[str, tuple[Callable[..., None], Callable[[Settings, argparse.Namespace], int]]] = {
+    "stats": (stats.add_parser, stats.run),
+    "requeue": (requeue.add_parser, requeue.run),
+    "prune": (prune.add_parser, prune.run),
+    "send-test": (send_test.add_parser, send_test.run),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the configuration and print it with secrets masked",
         description="Exit 0 if the configuration is valid, else exit 2 with one line naming the key.",
     )
+    for add_parser, _ in OPERATOR_COMMANDS.values():
+        add_parser(commands)
     return parser
 
 
@@ -69,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.logging.level)
 
+    if args.command in OPERATOR_COMMANDS:
+        return operator_command(settings, args)
     if args.command == "check-config":
         return check_config(settings)
     if args.command == "migrate":
@@ -97,19 +113,46 @@ def migrate(settings: Settings, *, create_database: bool) -> int:
     except DatabaseUnavailable as exc:
         print(f"delivery-worker: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except DatabaseRejected as exc:
+        print(f"delivery-worker: migrate failed (does this role own the tables?): {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
     return EXIT_OK
 
 
 def run(settings: Settings, *, drain: bool) -> int:
-    from delivery_worker.service import SchemaNotReady, run_worker
+    from delivery_worker.service import CannotListen, MissingPrivileges, SchemaNotReady, run_worker
 
     try:
         run_worker(settings, drain=drain)
-    except (DatabaseUnavailable, SchemaNotReady) as exc:
+    except (DatabaseUnavailable, SchemaNotReady, MissingPrivileges, CannotListen) as exc:
         print(f"delivery-worker: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def operator_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run stats, requeue, prune or send-test: the result on stdout, log lines on stderr."""
+    log_to_stderr()
+    _, command = OPERATOR_COMMANDS[args.command]
+    try:
+        return command(settings, args)
+    except DatabaseUnavailable as exc:
+        print(f"delivery-worker: {exc}", file=sys.stderr)
+    except psycopg2.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"delivery-worker: database error: {reason}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def log_to_stderr() -> None:
+    """Keep stdout for the command's table or JSON. Loggers are not cached and look up sys.stderr
+    on each line, so running several commands in one process (the tests) never writes to a stale
+    stream."""
+    structlog.configure(
+        logger_factory=lambda *_args: structlog.PrintLogger(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
 
 
 if __name__ == "__main__":

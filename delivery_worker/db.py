@@ -20,6 +20,10 @@ class DatabaseUnavailable(Exception):
     """Raised when PostgreSQL cannot be reached or the connection broke mid-statement."""
 
 
+class DatabaseRejected(Exception):
+    """Raised when PostgreSQL refused a statement: a missing privilege, a constraint, bad data."""
+
+
 def connect(dsn: str) -> Connection:
     """A connection with a bounded connect time; the message never shows the password."""
     try:
@@ -36,7 +40,8 @@ def connect(dsn: str) -> Connection:
 def transaction(conn: Connection) -> Iterator[psycopg2.extensions.cursor]:
     """A cursor in a transaction that commits on success and rolls back on error.
 
-    Connection-level failures are re-raised as DatabaseUnavailable so callers handle one type.
+    Connection-level failures become DatabaseUnavailable and refused statements DatabaseRejected,
+    so callers handle the project's two types rather than the driver's hierarchy.
     """
     try:
         with conn, conn.cursor() as cur:
@@ -44,6 +49,9 @@ def transaction(conn: Connection) -> Iterator[psycopg2.extensions.cursor]:
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         reason = (str(exc).strip().splitlines() or ["connection lost"])[0]
         raise DatabaseUnavailable(reason) from exc
+    except psycopg2.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseRejected(reason) from exc
 
 
 def is_usable(conn: Connection | None) -> bool:

@@ -20,7 +20,7 @@ import structlog
 
 from channels.errors import TransientError
 from delivery_worker.config import Settings
-from delivery_worker.db import Connection, DatabaseUnavailable, connect, transaction
+from delivery_worker.db import Connection, DatabaseRejected, DatabaseUnavailable, connect, transaction
 from delivery_worker.delivery import Deliverer
 from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
@@ -190,20 +190,39 @@ class Poller:
             if free <= 0 or self.stopping.is_set():
                 return []
             return self._claim(self.conn, free)
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, DatabaseRejected) as exc:
             self._lost_connection(str(exc))
             return []
 
     def _record(self, conn: Connection) -> None:
         if not self.unrecorded:
             return
-        with transaction(conn) as cur:
-            for job_queue in self.queues:
-                mine = [o for o in self.unrecorded if o.job.table is job_queue.table]
-                if mine:
-                    job_queue.record(cur, mine)
+        try:
+            self._write(conn, self.unrecorded)
+        except DatabaseRejected as exc:
+            # One bad outcome must not hold back the rest: write them one by one and drop what is
+            # still refused (those jobs stay PROCESSING and are reclaimed when their lease ends).
+            log.error("outcomes.rejected", error=str(exc), count=len(self.unrecorded))
+            for outcome in list(self.unrecorded):
+                try:
+                    self._write(conn, [outcome])
+                except DatabaseRejected as single:
+                    log.error("outcome.dropped", job=outcome.job.key, error=str(single))
+                    self.unrecorded.remove(outcome)
+            return
         recorded, self.unrecorded = self.unrecorded, []
         self.observer.outcomes_recorded(recorded)
+
+    def _write(self, conn: Connection, outcomes: list[Outcome]) -> None:
+        with transaction(conn) as cur:
+            for job_queue in self.queues:
+                mine = [o for o in outcomes if o.job.table is job_queue.table]
+                if mine:
+                    job_queue.record(cur, mine)
+        if outcomes is not self.unrecorded:
+            for outcome in outcomes:
+                self.unrecorded.remove(outcome)
+            self.observer.outcomes_recorded(outcomes)
 
     def _reap_expired_leases(self, conn: Connection) -> None:
         now = time.monotonic()

@@ -1,4 +1,9 @@
-"""Assembling a running worker: settings → channels → deliverer → poller, plus signal handling."""
+"""Assembling a running worker: settings → channels → deliverer → poller, plus what watches it.
+
+Around the poll loop: signal handling, the systemd notifications (READY, STOPPING, WATCHDOG) and,
+when a port is configured, the metrics and health listener. What the process manager passes through
+the environment (``$PORT``, ``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``) is read here, once, at start.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import FrameType
 
 import structlog
@@ -14,28 +21,75 @@ from channels.registry import build_registry
 from delivery_worker.config import Settings
 from delivery_worker.db import DatabaseUnavailable, connect
 from delivery_worker.delivery import Deliverer
+from delivery_worker.health import HealthCheck, HealthServer, staleness_bound
+from delivery_worker.metrics import QueueSampler, WorkerMetrics
 from delivery_worker.migrate import pending_migrations
+from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.poller import Poller
+from delivery_worker.privileges import MissingPrivileges, check_run_privileges
 from delivery_worker.queues import build_queues
 from delivery_worker.retry import RetryPolicy
+from delivery_worker.systemd import Notifier, SystemdObserver, watchdog_interval
 
 log = structlog.get_logger("delivery_worker.service")
+
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - $PORT platforms route to the dyno/container from outside
 
 
 class SchemaNotReady(Exception):
     """Raised when the database lacks migrations this worker needs."""
 
 
+class CannotListen(Exception):
+    """Raised when the metrics and health listener cannot bind its address."""
+
+
+@dataclass(frozen=True)
+class ProcessEnvironment:
+    """What the process manager tells the worker through the environment, read once at start."""
+
+    port: int | None = None  # $PORT (Heroku and similar): serve /metrics and /healthz on it
+    notify_socket: str | None = None  # $NOTIFY_SOCKET (systemd Type=notify)
+    watchdog_usec: str | None = None  # $WATCHDOG_USEC (systemd WatchdogSec=)
+    watchdog_pid: str | None = None  # $WATCHDOG_PID: the process the watchdog is meant for
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str]) -> ProcessEnvironment:
+        port_text = environ.get("PORT", "").strip()
+        port = None
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise CannotListen(f"$PORT: expected a port number, got {port_text!r}")
+            port = int(port_text)
+        return cls(
+            port=port,
+            notify_socket=environ.get("NOTIFY_SOCKET") or None,
+            watchdog_usec=environ.get("WATCHDOG_USEC") or None,
+            watchdog_pid=environ.get("WATCHDOG_PID") or None,
+        )
+
+
+def listen_address(settings: Settings, environment: ProcessEnvironment) -> tuple[str, int] | None:
+    """``[metrics] port`` when set; else ``$PORT`` on all interfaces; else no listener."""
+    if settings.metrics.port > 0:
+        return settings.metrics.host, settings.metrics.port
+    if environment.port is not None:
+        return ALL_INTERFACES, environment.port
+    return None
+
+
 def check_schema(dsn: str) -> None:
     conn = connect(dsn)
     try:
         missing = pending_migrations(conn)
+        if missing:
+            raise SchemaNotReady(
+                f"database schema is not up to date (missing {', '.join(missing)}): "
+                "run `delivery-worker migrate`"
+            )
+        check_run_privileges(conn)
     finally:
         conn.close()
-    if missing:
-        raise SchemaNotReady(
-            f"database schema is not up to date (missing {', '.join(missing)}): run `delivery-worker migrate`"
-        )
 
 
 def install_signal_handlers(stopping: threading.Event, wake: threading.Event) -> None:
@@ -52,27 +106,87 @@ def install_signal_handlers(stopping: threading.Event, wake: threading.Event) ->
     signal.signal(signal.SIGINT, handle)
 
 
-def run_worker(settings: Settings, *, drain: bool = False) -> None:
-    """Run until a signal (or, with drain, until the queues are empty). Raises DatabaseUnavailable
-    or SchemaNotReady when it cannot start."""
+class Monitoring:
+    """The metrics, the thread sampling queue depth, and the HTTP listener serving both."""
+
+    def __init__(self, settings: Settings, address: tuple[str, int], channel_types: list[str]) -> None:
+        self.metrics = WorkerMetrics(channel_types)
+        health = HealthCheck(
+            settings.database.dsn,
+            self.metrics.last_poll_age,
+            stale_after=staleness_bound(settings.worker.poll_interval),
+        )
+        host, port = address
+        try:
+            self.server = HealthServer(host, port, self.metrics.registry, health)
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {host}:{port} for /metrics and /healthz: {exc}") from None
+        self.sampler = QueueSampler(
+            self.metrics, settings.database.dsn, settings.metrics.queue_sample_seconds
+        )
+
+    def start(self) -> None:
+        self.sampler.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.sampler.stop()
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    drain: bool = False,
+    environment: ProcessEnvironment | None = None,
+    stopping: threading.Event | None = None,
+) -> None:
+    """Run until a signal (or, with drain, until the queues are empty).
+
+    ``environment`` defaults to this process's environment. ``stopping``, when given, lets the
+    caller stop the worker as a signal would. Raises DatabaseUnavailable, SchemaNotReady or
+    CannotListen when it cannot start.
+    """
+    if environment is None:
+        environment = ProcessEnvironment.read(os.environ)
     check_schema(settings.database.dsn)
-    stopping = threading.Event()
+    stopping = stopping or threading.Event()
+    notifier = Notifier(environment.notify_socket)
     registry = build_registry(settings)
-    deliverer = Deliverer(registry, RetryPolicy.from_settings(settings.worker), stopping)
-    poller = Poller(settings, build_queues(settings), deliverer, stopping)
-    if threading.current_thread() is threading.main_thread():
-        install_signal_handlers(stopping, poller.wake)
-    log.info(
-        "worker.started",
-        threads=settings.worker.threads,
-        batch_size=settings.worker.batch_size,
-        channel_types=registry.types,
-        drain=drain,
-        config=settings.source,
-    )
+    monitoring: Monitoring | None = None
     try:
+        observers: list[PollObserver] = [
+            SystemdObserver(
+                notifier,
+                ping_every=watchdog_interval(
+                    environment.watchdog_usec, environment.watchdog_pid, os.getpid()
+                ),
+                stopping=stopping,
+            )
+        ]
+        address = listen_address(settings, environment)
+        if address is not None:
+            monitoring = Monitoring(settings, address, registry.types)
+            observers.append(monitoring.metrics)
+            monitoring.start()
+        deliverer = Deliverer(registry, RetryPolicy.from_settings(settings.worker), stopping)
+        poller = Poller(settings, build_queues(settings), deliverer, stopping, observer=Observers(*observers))
+        if threading.current_thread() is threading.main_thread():
+            install_signal_handlers(stopping, poller.wake)
+        log.info(
+            "worker.started",
+            threads=settings.worker.threads,
+            batch_size=settings.worker.batch_size,
+            channel_types=registry.types,
+            drain=drain,
+            config=settings.source,
+            metrics=f"{monitoring.server.host}:{monitoring.server.port}" if monitoring else None,
+        )
+        notifier.notify("READY=1", f"STATUS=delivering with {settings.worker.threads} threads")
         abandoned = poller.run(drain=drain)
     finally:
+        if monitoring is not None:
+            monitoring.stop()
         registry.close()
     log.info("worker.stopped", reason="drained" if drain and not stopping.is_set() else "signal")
     if abandoned:
@@ -81,4 +195,11 @@ def run_worker(settings: Settings, *, drain: bool = False) -> None:
         os._exit(0)
 
 
-__all__ = ["DatabaseUnavailable", "SchemaNotReady", "run_worker"]
+__all__ = [
+    "CannotListen",
+    "DatabaseUnavailable",
+    "MissingPrivileges",
+    "ProcessEnvironment",
+    "SchemaNotReady",
+    "run_worker",
+]

@@ -1,0 +1,96 @@
+"""`run` works under a role holding only the GRANTs the README documents, and says clearly when one is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import psycopg2.extensions
+import pytest
+
+from tests.processes import start_worker, worker_env
+from tests.rows import (
+    execute,
+    insert_channel,
+    insert_delivery_job,
+    insert_integration,
+    insert_notification_job,
+    job,
+)
+
+# Exactly the statements of README "Least privilege" (the role name is substituted).
+RUN_GRANTS = """
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT, UPDATE ON notification_jobs, delivery_jobs TO {role};
+GRANT SELECT ON notification_channels, integrations, delivery_worker_migrations TO {role};
+GRANT INSERT ON notification_log, delivery_attempts TO {role};
+GRANT USAGE ON SEQUENCE notification_log_log_id_seq, delivery_attempts_attempt_id_seq TO {role};
+"""
+
+
+@pytest.fixture
+def runner_role(database: str) -> Iterator[tuple[str, str]]:
+    """A login role with only the run GRANTs; yields (role, dsn as that role)."""
+    role = f"dw_runner_{uuid.uuid4().hex[:10]}"
+    execute(database, f"CREATE ROLE {role} LOGIN")
+    execute(database, RUN_GRANTS.format(role=role))
+    yield role, psycopg2.extensions.make_dsn(database, user=role)
+    execute(database, f"DROP OWNED BY {role}")
+    execute(database, f"DROP ROLE {role}")
+
+
+def test_run_completes_jobs_under_the_documented_grants(database, http_server, runner_role):
+    _role, dsn = runner_role
+    channel = insert_channel(database, "webhook", {"url": http_server.url("/n")})
+    failing = insert_channel(database, "webhook", {"url": http_server.url("/gone")}, enabled=False)
+    integration = insert_integration(database, "webhook", config_json={"url": http_server.url("/d")})
+    ok_job = insert_notification_job(database, channel)
+    failed_job = insert_notification_job(database, failing)
+    delivery_job = insert_delivery_job(database, integration)
+
+    worker = start_worker(dsn, "--drain")
+    out, err = worker.communicate(timeout=60)
+
+    assert worker.returncode == 0, err
+    assert job(database, "notification_jobs", ok_job)["status"] == "COMPLETED"
+    assert job(database, "notification_jobs", failed_job)["status"] == "FAILED"
+    assert job(database, "delivery_jobs", delivery_job)["status"] == "COMPLETED"
+    assert len(execute(database, "SELECT * FROM notification_log")) == 2
+    assert len(execute(database, "SELECT * FROM delivery_attempts")) == 1
+
+
+def test_missing_grant_is_one_clear_line_not_a_traceback(database, runner_role):
+    role, dsn = runner_role
+    execute(database, f"REVOKE INSERT ON notification_log FROM {role}")
+
+    worker = start_worker(dsn, "--drain")
+    _out, err = worker.communicate(timeout=60)
+
+    assert worker.returncode == 1
+    assert err.strip().splitlines() == [
+        f"delivery-worker: database role '{role}' lacks INSERT ON notification_log"
+        " (see README 'Least privilege' for the GRANTs)"
+    ]
+
+
+def test_migrate_needs_the_migrate_dsn_not_the_runner_role(database, runner_role):
+    _role, dsn = runner_role
+    env = worker_env(dsn)
+    command = [sys.executable, "-m", "delivery_worker", "--config", "/dev/null", "migrate"]
+    execute(database, "DELETE FROM delivery_worker_migrations WHERE name LIKE '005%%'")
+
+    as_runner = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    with_migrate_dsn = subprocess.run(
+        command,
+        env={**env, "DELIVERY_WORKER_DATABASE_MIGRATE_DSN": database},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert as_runner.returncode == 1
+    assert "Traceback" not in as_runner.stderr and "permission denied" in as_runner.stderr
+    assert with_migrate_dsn.returncode == 0, with_migrate_dsn.stderr
+    assert with_migrate_dsn.stdout.startswith("applied 1 migration(s): 005_notify_on_insert.sql")
