@@ -27,10 +27,14 @@ from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import Any
 
+import structlog
+
 from channels.alert import Alert
 from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
 from channels.templating import render
+
+log = structlog.get_logger("channels.email")
 
 DEFAULT_PORT = 587
 IMPLICIT_TLS_PORTS = frozenset({465})
@@ -515,6 +519,8 @@ class EmailChannel:
         recipients = config.envelope_recipients
         context = self.tls_context if config.tls_verify else self.unverified_tls_context
         mode = transport(config)
+        if not config.tls_verify and mode != "plain":
+            log.warning("tls.verification_disabled", channel_type="email", host=config.host, port=config.port)
         client: smtplib.SMTP | None = None
         step = "connecting"
         sent = False

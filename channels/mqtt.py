@@ -34,12 +34,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
 from channels.templating import render
+
+log = structlog.get_logger("channels.mqtt")
 
 DEFAULT_TOPIC = "pulse/alerts"
 DEFAULT_QOS = 1
@@ -386,6 +389,8 @@ class MqttChannel:
             client.username_pw_set(config.username, config.password)
         if config.tls:
             client.tls_set_context(self._tls_context(config.tls_verify))
+            if not config.tls_verify:
+                log.warning("tls.verification_disabled", channel_type="mqtt", broker=config.broker)
         conn = _Connection(client, client_id, config.broker)
         connacked = threading.Event()
         outcome: list[ReasonCode] = []
