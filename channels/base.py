@@ -42,6 +42,11 @@ class ChannelConfig(Protocol):
         """Config values that must never appear in logs or errors."""
         ...
 
+    def destination(self) -> str:
+        """Where deliveries go (a webhook URL, a broker, a routing key). Jobs with the same
+        destination share one rate limit and one circuit breaker. May hold secrets: never logged."""
+        ...
+
 
 class Channel(Protocol):
     channel_type: str

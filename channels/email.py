@@ -77,6 +77,9 @@ class EmailConfig:
     def secrets(self) -> tuple[str, ...]:
         return (self.password,) if self.password else ()
 
+    def destination(self) -> str:
+        return f"smtp://{self.server}"
+
     @property
     def server(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -80,6 +80,9 @@ class MqttConfig:
     def secrets(self) -> tuple[str, ...]:
         return (self.password,) if self.password else ()
 
+    def destination(self) -> str:
+        return f"mqtt://{self.broker}"
+
     @property
     def broker(self) -> str:
         """``host:port`` for messages (never with credentials)."""

@@ -30,6 +30,9 @@ class PagerDutyConfig:
     def secrets(self) -> tuple[str, ...]:
         return (self.routing_key,)
 
+    def destination(self) -> str:
+        return f"pagerduty:{self.routing_key}"
+
 
 def pagerduty_severity(severity: int | None) -> str:
     if severity is None:

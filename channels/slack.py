@@ -37,6 +37,9 @@ class SlackConfig:
     def secrets(self) -> tuple[str, ...]:
         return (self.webhook_url,)
 
+    def destination(self) -> str:
+        return self.webhook_url
+
 
 def escape(text: str, limit: int | None = None) -> str:
     """Text made literal for Slack; cut with "…" (never inside an entity) to at most ``limit`` chars."""

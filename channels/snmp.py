@@ -195,6 +195,9 @@ class SnmpConfig:
         values = (self.community if self.version == "2c" else None, self.auth_password, self.priv_password)
         return tuple(value for value in values if value)
 
+    def destination(self) -> str:
+        return f"snmp://{self.host}:{self.port}"
+
     @property
     def security_level(self) -> str:
         if self.version == "2c":

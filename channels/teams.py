@@ -48,6 +48,9 @@ class TeamsConfig:
     def secrets(self) -> tuple[str, ...]:
         return (self.webhook_url,)
 
+    def destination(self) -> str:
+        return self.webhook_url
+
 
 def _title(alert: Alert) -> str:
     label = "RESOLVED" if alert.is_resolved else alert.severity_label

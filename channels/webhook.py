@@ -56,6 +56,9 @@ class WebhookConfig:
             return ()
         return (self.secret, self.secret.removeprefix(STANDARD_SECRET_PREFIX))
 
+    def destination(self) -> str:
+        return self.url
+
 
 def sign(secret: str, body: bytes) -> str:
     """The ``X-Signature-SHA256`` value: hex HMAC-SHA256 of the body keyed with the secret's UTF-8."""

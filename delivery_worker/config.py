@@ -102,6 +102,29 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    """Deliveries per second to one destination, by channel type; 0 means no limit."""
+
+    slack: float
+    teams: float
+    pagerduty: float
+    webhook: float
+    email: float
+    snmp: float
+    mqtt: float
+
+    def for_type(self, channel_type: str) -> float:
+        kind = "webhook" if channel_type == "http" else channel_type
+        return float(getattr(self, kind, 0.0))
+
+
+@dataclass(frozen=True)
+class CircuitBreakerSettings:
+    failure_threshold: int  # consecutive failed attempts that open a destination's circuit; 0 disables
+    cooldown_seconds: float
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str
 
@@ -117,6 +140,8 @@ class Settings:
     snmp: SnmpSettings
     mqtt: MqttSettings
     metrics: MetricsSettings
+    rate_limits: RateLimitSettings
+    circuit_breaker: CircuitBreakerSettings
     logging: LoggingSettings
     source: str  # where the file came from, for messages
 
@@ -253,6 +278,19 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "host": ("127.0.0.1", _text),
         "queue_sample_seconds": ("15", _float(1)),
     },
+    "rate_limits": {
+        "slack": ("1", _float(0)),
+        "teams": ("4", _float(0)),
+        "pagerduty": ("0", _float(0)),
+        "webhook": ("0", _float(0)),
+        "email": ("0", _float(0)),
+        "snmp": ("0", _float(0)),
+        "mqtt": ("0", _float(0)),
+    },
+    "circuit_breaker": {
+        "failure_threshold": ("5", _int(0)),
+        "cooldown_seconds": ("30", _float(0)),
+    },
     "logging": {
         "level": ("INFO", _log_level),
     },
@@ -316,6 +354,8 @@ def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None
         snmp=SnmpSettings(**values["snmp"]),
         mqtt=MqttSettings(**values["mqtt"]),
         metrics=MetricsSettings(**values["metrics"]),
+        rate_limits=RateLimitSettings(**values["rate_limits"]),
+        circuit_breaker=CircuitBreakerSettings(**values["circuit_breaker"]),
         logging=LoggingSettings(**values["logging"]),
         source=str(path) if path.exists() else "defaults",
     )
@@ -348,9 +388,11 @@ def _merge_general_env(
         if not variable.startswith(GENERAL_ENV_PREFIX):
             continue
         rest = variable[len(GENERAL_ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        if section not in SCHEMA:
+        sections = [name for name in SCHEMA if rest.startswith(f"{name}_")]
+        if not sections:
             continue  # e.g. DELIVERY_WORKER_CONFIG
+        section = max(sections, key=len)
+        key = rest[len(section) + 1 :]
         if key not in SCHEMA[section]:
             raise ConfigError(f"${variable}: [{section}] {key}: unknown key")
         raw[section][key] = value

@@ -13,9 +13,10 @@ from typing import Any
 import structlog
 
 from channels.alert import alert_from_payload, decode_payload
-from channels.base import Delivery, Receipt
+from channels.base import Channel, ChannelConfig, Delivery, Receipt
 from channels.errors import DeliveryError, PermanentError, TransientError
 from channels.registry import ChannelRegistry
+from delivery_worker.destinations import Deferred, DestinationGuard
 from delivery_worker.jobs import Job, Outcome, Table, Verdict
 from delivery_worker.redaction import redact, secret_values
 from delivery_worker.retry import RetryPolicy
@@ -29,10 +30,18 @@ DISABLED = {Table.NOTIFICATION_JOBS: "Channel disabled", Table.DELIVERY_JOBS: "I
 class Deliverer:
     """Thread-safe: one instance serves every worker thread."""
 
-    def __init__(self, registry: ChannelRegistry, policy: RetryPolicy, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        registry: ChannelRegistry,
+        policy: RetryPolicy,
+        stopping: threading.Event,
+        guard: DestinationGuard | None = None,
+    ) -> None:
         self.registry = registry
         self.policy = policy
         self.stopping = stopping
+        settings = registry.context.settings
+        self.guard = guard or DestinationGuard(settings.rate_limits, settings.circuit_breaker)
 
     def run(self, job: Job) -> Outcome:
         started = datetime.now(UTC)
@@ -46,6 +55,17 @@ class Deliverer:
             if job.destination is not None:
                 secrets = secret_values(job.destination.config)
             receipt = self._deliver(job, secrets)
+        except Deferred as deferral:
+            log.info(
+                "job.deferred",
+                job_id=job.job_id,
+                table=job.table.value,
+                reason=str(deferral),
+                retry_in_s=round(deferral.delay_seconds, 2),
+            )
+            return Outcome(
+                job, Verdict.DEFERRED, started, datetime.now(UTC), retry_delay_seconds=deferral.delay_seconds
+            )
         except DeliveryError as exc:
             error = exc
         except Exception as exc:  # the job boundary: an unexpected bug must not kill the worker
@@ -71,6 +91,23 @@ class Deliverer:
         payload = decode_payload(job.payload)
         alert = alert_from_payload(payload, tenant_id=job.tenant_id, alert_id=job.alert_id, event=job.event)
         delivery = Delivery(key=job.key, tenant_id=job.tenant_id, alert=alert, payload=payload)
+        kind, where = destination.channel_type, config.destination()
+        self.guard.admit(kind, where)
+        try:
+            receipt = self._send_with_quick_retries(channel, config, delivery)
+        except TransientError:
+            self.guard.failed(kind, where)
+            raise
+        except PermanentError as exc:
+            if exc.http_status is not None:  # it answered: the destination itself is up
+                self.guard.succeeded(kind, where)
+            raise
+        self.guard.succeeded(kind, where)
+        return receipt
+
+    def _send_with_quick_retries(
+        self, channel: Channel, config: ChannelConfig, delivery: Delivery
+    ) -> Receipt:
         for attempt in self.policy.quick_retrying(self.stopping):
             with attempt:
                 return channel.send(config, delivery)

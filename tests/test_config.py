@@ -47,6 +47,8 @@ def test_file_values_and_environment_precedence(tmp_path):
         "WORKER_BACKOFF_BASE_SECONDS": "0",
         "DELIVERY_WORKER_WORKER_THREADS": "12",
         "DELIVERY_WORKER_HTTP_READ_TIMEOUT": "2.5",
+        "DELIVERY_WORKER_RATE_LIMITS_SLACK": "0.5",
+        "DELIVERY_WORKER_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "9",
     }
     settings = load_settings(path, environ=env)
     assert settings.database.dsn == "postgresql://env/db"
@@ -55,6 +57,8 @@ def test_file_values_and_environment_precedence(tmp_path):
     assert settings.worker.backoff_base_seconds == 0
     assert settings.worker.threads == 12
     assert settings.http.read_timeout == 2.5
+    assert settings.rate_limits.slack == 0.5
+    assert settings.circuit_breaker.failure_threshold == 9
 
 
 def test_general_variable_beats_legacy_variable():
