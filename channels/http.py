@@ -73,7 +73,10 @@ class HttpClient:
     ) -> None:
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
-        self.session.verify = ca_file or True  # certificates are always verified
+        # Always verified. Passed on each request too: requests lets $REQUESTS_CA_BUNDLE override a
+        # session-level bundle, but not one given per request.
+        self.verify: str | bool = ca_file or True
+        self.session.verify = self.verify
         adapter = HTTPAdapter(pool_connections=32, pool_maxsize=max(pool_size, 1), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -98,6 +101,7 @@ class HttpClient:
                 headers=dict(headers),
                 timeout=self.timeout,
                 allow_redirects=False,
+                verify=self.verify,
             )
         except requests.exceptions.SSLError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "doesn't match" in str(exc):
