@@ -139,9 +139,11 @@ def operator_command(settings: Settings, args: argparse.Namespace) -> int:
         return command(settings, args)
     except DatabaseUnavailable as exc:
         print(f"delivery-worker: {exc}", file=sys.stderr)
+    except DatabaseRejected as exc:  # e.g. the worker's role, which may not DELETE (README "Least privilege")
+        print(f"delivery-worker: {args.command}: the database refused: {exc}", file=sys.stderr)
     except psycopg2.Error as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"delivery-worker: database error: {reason}", file=sys.stderr)
+        print(f"delivery-worker: {args.command}: the database refused: {reason}", file=sys.stderr)
     return EXIT_FAILURE
 
 

@@ -1,4 +1,4 @@
-"""`run` works under a role holding only the GRANTs the README documents, and says clearly when one is missing."""
+"""`run` works under a role holding only the documented GRANTs, and says clearly when one is missing."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_run_completes_jobs_under_the_documented_grants(database, http_server, r
     delivery_job = insert_delivery_job(database, integration)
 
     worker = start_worker(dsn, "--drain")
-    out, err = worker.communicate(timeout=60)
+    _out, err = worker.communicate(timeout=60)
 
     assert worker.returncode == 0, err
     assert job(database, "notification_jobs", ok_job)["status"] == "COMPLETED"
