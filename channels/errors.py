@@ -36,3 +36,7 @@ class InvalidChannelConfig(PermanentError):
 
 class InvalidPayload(PermanentError):
     """Raised when a job's payload is not an alert object that can be rendered."""
+
+
+class BlockedAddress(PermanentError):
+    """Raised when a destination resolves to an address the SSRF guard refuses (channels/netguard.py)."""

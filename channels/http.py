@@ -2,20 +2,26 @@
 
 Error messages name the host but never the URL path or query, because Slack/Teams webhook paths and
 some customers' URLs carry credentials.
+
+Every connection goes through the SSRF guard (channels/netguard.py): the host is resolved once, every
+address is checked against the ``AddressPolicy``, and the socket connects to a checked address. A
+refused address raises ``BlockedAddress`` (permanent). Redirects are never followed and proxies from
+the environment are ignored, since either would lead somewhere the guard did not check.
 """
 
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from channels.base import Receipt
-from channels.errors import InvalidChannelConfig, PermanentError, TransientError
+from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.netguard import AddressPolicy, GuardedAdapter, Resolver
 
 EXCERPT_CHARS = 200
 TRANSIENT_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -70,14 +76,26 @@ class HttpClient:
         user_agent: str,
         pool_size: int,
         ca_file: str = "",
+        policy: AddressPolicy | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
+        """policy: the non-public addresses that may be reached (default: none); resolver: for tests."""
         self.timeout = (connect_timeout, read_timeout)
+        self.policy = policy if policy is not None else AddressPolicy()
         self.session = requests.Session()
         # Always verified. Passed on each request too: requests lets $REQUESTS_CA_BUNDLE override a
         # session-level bundle, but not one given per request.
         self.verify: str | bool = ca_file or True
         self.session.verify = self.verify
-        adapter = HTTPAdapter(pool_connections=32, pool_maxsize=max(pool_size, 1), max_retries=0)
+        # No $HTTP(S)_PROXY: a proxy would connect to addresses the guard never saw.
+        self.session.trust_env = False
+        adapter = GuardedAdapter(
+            self.policy,
+            pool_connections=32,
+            pool_maxsize=max(pool_size, 1),
+            max_retries=0,
+            resolver=resolver if resolver is not None else socket.getaddrinfo,
+        )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = user_agent
@@ -111,6 +129,9 @@ class HttpClient:
             phase = "connecting to" if isinstance(exc, requests.ConnectTimeout) else "waiting for"
             raise TransientError(f"timed out {phase} {host}") from None
         except requests.ConnectionError as exc:
+            guard_error = _delivery_error_in(exc)  # BlockedAddress or a failed lookup, if wrapped
+            if guard_error is not None:
+                raise guard_error from None
             raise TransientError(f"cannot connect to {host}: {_root_reason(exc)}") from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
             raise InvalidChannelConfig(f"invalid URL for {host}: {type(exc).__name__}") from None
@@ -129,6 +150,21 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _delivery_error_in(exc: BaseException) -> DeliveryError | None:
+    """The guard's own error (BlockedAddress, TransientError) if requests/urllib3 wrapped it."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, DeliveryError):
+            return seen
+        nested = getattr(seen, "reason", None)
+        if not isinstance(nested, BaseException) and seen.args and isinstance(seen.args[0], BaseException):
+            nested = seen.args[0]
+        seen = nested if isinstance(nested, BaseException) else (seen.__cause__ or seen.__context__)
+    return None
 
 
 def _root_reason(exc: BaseException) -> str:

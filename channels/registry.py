@@ -9,6 +9,7 @@ from channels.email import EmailChannel
 from channels.errors import PermanentError
 from channels.http import HttpClient
 from channels.mqtt import MqttChannel
+from channels.netguard import AddressPolicy
 from channels.pagerduty import PagerDutyChannel
 from channels.slack import SlackChannel
 from channels.snmp import SnmpChannel
@@ -65,5 +66,6 @@ def build_registry(settings: Settings) -> ChannelRegistry:
         user_agent=settings.http.user_agent,
         pool_size=settings.worker.threads,
         ca_file=settings.tls.ca_file,
+        policy=AddressPolicy(settings.http.allow_private_networks, settings.http.allowed_networks),
     )
     return ChannelRegistry(ChannelContext(settings=settings, http=http))

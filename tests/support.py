@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import Any
 
 from channels.alert import alert_from_payload
@@ -24,9 +25,20 @@ SAMPLE_PAYLOAD: dict[str, Any] = {
 }
 
 
+# The test servers listen on loopback, which the SSRF guard refuses by default: tests keep the guard on
+# and open only loopback (override with make_settings(http={"allowed_networks": ()})).
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 def make_settings(**sections: dict[str, Any]) -> Settings:
-    """Defaults (no file, no environment), with per-section overrides: make_settings(smtp={"timeout": 2})."""
+    """Defaults (no file, no environment), with per-section overrides: make_settings(smtp={"timeout": 2}).
+
+    Unlike the worker's defaults, ``[http] allowed_networks`` opens loopback (LOOPBACK_NETWORKS).
+    """
     settings = load_settings("/dev/null", environ={})
+    settings = dataclasses.replace(
+        settings, http=dataclasses.replace(settings.http, allowed_networks=LOOPBACK_NETWORKS)
+    )
     for section, values in sections.items():
         current = getattr(settings, section)
         settings = dataclasses.replace(settings, **{section: dataclasses.replace(current, **values)})
