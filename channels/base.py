@@ -16,6 +16,7 @@ from channels.alert import Alert
 
 if TYPE_CHECKING:
     from channels.http import HttpClient
+    from channels.netguard import AddressPolicy
     from delivery_worker.config import Settings
 
 
@@ -64,6 +65,17 @@ class ChannelContext:
 
     settings: Settings
     http: HttpClient
+
+    @property
+    def address_policy(self) -> AddressPolicy:
+        """Which addresses tenant-written hosts may resolve to ([http] allow_private_networks and
+        allowed_networks); HTTP, SMTP, MQTT and SNMP all use it."""
+        from channels.netguard import AddressPolicy
+
+        http = self.settings.http
+        return AddressPolicy(
+            allow_private=http.allow_private_networks, allowed_networks=http.allowed_networks
+        )
 
 
 def require_str(raw: Mapping[str, Any], key: str, *, where: str = "config") -> str:

@@ -32,6 +32,7 @@ import structlog
 from channels.alert import Alert
 from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.netguard import check_host
 from channels.templating import render
 
 log = structlog.get_logger("channels.email")
@@ -499,6 +500,27 @@ def _failure(exc: Exception, config: EmailConfig, step: str, timeout: float) -> 
     return PermanentError(f"unexpected error with {server} while {step}: {exc.__class__.__name__}")
 
 
+class _PinnedSMTP(smtplib.SMTP):
+    """Connects to an address checked beforehand; the host name still names the server for TLS."""
+
+    def __init__(self, *args: Any, address: str, **kwargs: Any) -> None:
+        self.pinned_address = address  # set before SMTP.__init__, which connects
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((self.pinned_address, port), timeout, self.source_address)
+
+
+class _PinnedSMTPSSL(smtplib.SMTP_SSL):
+    def __init__(self, *args: Any, address: str, **kwargs: Any) -> None:
+        self.pinned_address = address
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.pinned_address, port), timeout, self.source_address)
+        return self.context.wrap_socket(sock, server_hostname=host)
+
+
 class EmailChannel:
     channel_type = "email"
 
@@ -513,6 +535,7 @@ class EmailChannel:
         self.unverified_tls_context.verify_mode = ssl.CERT_NONE
         # smtplib would call socket.getfqdn() (a DNS lookup) for EHLO on every connection.
         self.local_hostname = socket.gethostname() or "localhost"
+        self.address_policy = context.address_policy
 
     def parse_config(self, raw: Mapping[str, Any]) -> EmailConfig:
         return parse_email_config(raw)
@@ -527,19 +550,26 @@ class EmailChannel:
         client: smtplib.SMTP | None = None
         step = "connecting"
         sent = False
+        # Tenants write SMTP hosts too: resolve once, check, and connect to the checked address.
+        address = check_host(config.host, config.port, self.address_policy)
         try:
             # The host goes to the constructor: smtplib only takes the TLS server_hostname from there.
             if mode == "ssl":
-                client = smtplib.SMTP_SSL(
+                client = _PinnedSMTPSSL(
                     config.host,
                     config.port,
                     timeout=self.timeout,
                     local_hostname=self.local_hostname,
                     context=context,
+                    address=address,
                 )
             else:
-                client = smtplib.SMTP(
-                    config.host, config.port, timeout=self.timeout, local_hostname=self.local_hostname
+                client = _PinnedSMTP(
+                    config.host,
+                    config.port,
+                    timeout=self.timeout,
+                    local_hostname=self.local_hostname,
+                    address=address,
                 )
             step = "saying EHLO"
             client.ehlo_or_helo_if_needed()

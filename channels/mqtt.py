@@ -40,6 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.netguard import check_host
 from channels.templating import render
 
 log = structlog.get_logger("channels.mqtt")
@@ -235,11 +236,26 @@ class _Connection:
         stopper.join(timeout)
 
 
+class _PinnedClient(mqtt.Client):
+    """Connects to an address checked beforehand; the host name still names the broker for TLS."""
+
+    pinned_address: str | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        if self.pinned_address is None:
+            return super()._create_socket_connection()
+        source = (self._bind_address, self._bind_port)
+        return socket.create_connection(
+            (self.pinned_address, self._port), timeout=self._connect_timeout, source_address=source
+        )
+
+
 class MqttChannel:
     channel_type = "mqtt"
 
     def __init__(self, context: ChannelContext) -> None:
         self.settings = context.settings.mqtt
+        self.address_policy = context.address_policy
         self.ca_file = context.settings.tls.ca_file or None
         self.connects = 0  # successful connections made, for tests and diagnostics
         self._lock = threading.Lock()
@@ -381,7 +397,7 @@ class MqttChannel:
         where = f"MQTT broker {config.broker}"
         timeout = self.settings.connect_timeout
         client_id = _new_client_id()
-        client = mqtt.Client(
+        client = _PinnedClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=True,
@@ -413,6 +429,8 @@ class MqttChannel:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
 
+        # Tenants write broker hosts too: resolve once, check, and connect to the checked address.
+        client.pinned_address = check_host(config.host, config.port, self.address_policy)
         try:
             client.connect(config.host, config.port, keepalive=self.settings.keepalive)
         except ssl.SSLCertVerificationError as exc:

@@ -96,6 +96,7 @@ from pysnmp.proto import errind, rfc1902
 from channels.alert import Alert
 from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.netguard import AddressPolicy
 
 log = structlog.get_logger("channels.snmp")
 
@@ -446,7 +447,8 @@ class SnmpNotifier:
     with a deadline. ``close()`` cancels what is in flight, closes the sockets and joins the thread.
     """
 
-    def __init__(self, *, timeout: float, retries: int) -> None:
+    def __init__(self, *, timeout: float, retries: int, address_policy: AddressPolicy) -> None:
+        self.address_policy = address_policy
         self.timeout = timeout
         self.retries = retries
         self._loop = asyncio.new_event_loop()
@@ -510,6 +512,7 @@ class SnmpNotifier:
         self, config: SnmpConfig, varbinds: list[tuple[tuple[int, ...], Any]], budget: _Budget
     ) -> str:
         address, ipv6 = await self._resolve(config.host, config.port, budget.resolve)
+        self.address_policy.check(address, host=config.host)  # tenants write SNMP hosts too
         engine = self._engine(config.engine_id if config.version == "3" else None)
         await self._open_socket(engine, ipv6)
         target_class = Udp6TransportTarget if ipv6 else UdpTransportTarget
@@ -684,6 +687,7 @@ class SnmpChannel:
     def __init__(self, context: ChannelContext) -> None:
         self.timeout = context.settings.snmp.timeout
         self.retries = context.settings.snmp.retries
+        self.address_policy = context.address_policy
         self._lock = threading.Lock()
         self._notifier: SnmpNotifier | None = None
         self._closed = False
@@ -712,7 +716,9 @@ class SnmpChannel:
             if self._closed:
                 raise TransientError("SNMP sender is shut down")
             if self._notifier is None:
-                self._notifier = SnmpNotifier(timeout=self.timeout, retries=self.retries)
+                self._notifier = SnmpNotifier(
+                    timeout=self.timeout, retries=self.retries, address_policy=self.address_policy
+                )
             return self._notifier
 
     def close(self) -> None:
