@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATABASE_URL ?= postgresql://root@127.0.0.1:5432/delivery_worker
+DATABASE_URL ?= postgresql://127.0.0.1:5432/delivery_worker
 export DATABASE_URL
 
 .PHONY: install install-dev run test lint clean

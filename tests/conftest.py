@@ -17,7 +17,7 @@ from delivery_worker.db import connect
 from delivery_worker.migrate import apply_migrations
 from tests.servers.http import RecordingServer
 
-ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://root@127.0.0.1:5432/postgres")
+ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://127.0.0.1:5432/postgres")
 
 
 def dsn_for(name: str) -> str:
