@@ -13,8 +13,7 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.queues.status import LEASE_LOST_ERROR, clip, reap_expired, record_statuses
-from delivery_worker.retry import RetryPolicy
+from delivery_worker.queues.status import LEASE_LOST_ERROR, LeasedQueue, clip, record_statuses
 
 CLAIM = """
 WITH due AS (
@@ -92,16 +91,10 @@ INTEGRATION_COLUMNS = (
 )
 
 
-class DeliveryJobs:
+class DeliveryJobs(LeasedQueue):
     table = Table.DELIVERY_JOBS
-
-    def __init__(self, *, lease_seconds: float, policy: RetryPolicy) -> None:
-        self.lease_seconds = lease_seconds
-        self.policy = policy
-
-    def claim(self, cur: cursor, limit: int) -> list[Job]:
-        cur.execute(CLAIM, {"limit": limit, "lease_seconds": self.lease_seconds})
-        return [self._job(row) for row in cur.fetchall()]
+    claim_sql = CLAIM
+    reap_returns = "NULL"
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
         written = record_statuses(cur, self.table, outcomes)
@@ -124,15 +117,7 @@ class DeliveryJobs:
             execute_values(cur, INSERT_ATTEMPTS, rows)
 
     def reap(self, cur: cursor) -> int:
-        reaped = reap_expired(
-            cur,
-            self.table,
-            extra="NULL",
-            lease_seconds=self.lease_seconds,
-            max_attempts=self.policy.max_attempts,
-            base=self.policy.backoff_base_seconds,
-            cap=self.policy.backoff_max_seconds,
-        )
+        reaped = self.reap_expired(cur)
         rows = [
             (tenant_id, job_id, attempts, False, None, None, LEASE_LOST_ERROR, None, None)
             for job_id, _status, tenant_id, _alert, attempts, _extra in reaped
@@ -146,8 +131,7 @@ class DeliveryJobs:
             )
         return len(reaped)
 
-    @staticmethod
-    def _job(row: tuple[Any, ...]) -> Job:
+    def job_from_row(self, row: tuple[Any, ...]) -> Job:
         job_id, tenant_id, alert_id, event, attempts, payload, lease, *rest = row
         integration = dict(zip(INTEGRATION_COLUMNS, rest, strict=True))
         destination = None

@@ -9,8 +9,7 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.queues.status import LEASE_LOST_ERROR, clip, reap_expired, record_statuses
-from delivery_worker.retry import RetryPolicy
+from delivery_worker.queues.status import LEASE_LOST_ERROR, LeasedQueue, clip, record_statuses
 
 # One statement claims the batch and returns each job with its channel (NULL when it was deleted).
 CLAIM = """
@@ -40,16 +39,10 @@ VALUES %s
 """
 
 
-class NotificationJobs:
+class NotificationJobs(LeasedQueue):
     table = Table.NOTIFICATION_JOBS
-
-    def __init__(self, *, lease_seconds: float, policy: RetryPolicy) -> None:
-        self.lease_seconds = lease_seconds
-        self.policy = policy
-
-    def claim(self, cur: cursor, limit: int) -> list[Job]:
-        cur.execute(CLAIM, {"limit": limit, "lease_seconds": self.lease_seconds})
-        return [self._job(row) for row in cur.fetchall()]
+    claim_sql = CLAIM
+    reap_returns = "j.channel_id"
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
         written = record_statuses(cur, self.table, outcomes)
@@ -72,15 +65,7 @@ class NotificationJobs:
             execute_values(cur, INSERT_LOG, rows)
 
     def reap(self, cur: cursor) -> int:
-        reaped = reap_expired(
-            cur,
-            self.table,
-            extra="j.channel_id",
-            lease_seconds=self.lease_seconds,
-            max_attempts=self.policy.max_attempts,
-            base=self.policy.backoff_base_seconds,
-            cap=self.policy.backoff_max_seconds,
-        )
+        reaped = self.reap_expired(cur)
         failed = [
             (channel_id, alert_id, job_id, False, LEASE_LOST_ERROR)
             for job_id, status, _tenant, alert_id, _attempts, channel_id in reaped
@@ -90,8 +75,7 @@ class NotificationJobs:
             execute_values(cur, INSERT_LOG, failed)
         return len(reaped)
 
-    @staticmethod
-    def _job(row: tuple[Any, ...]) -> Job:
+    def job_from_row(self, row: tuple[Any, ...]) -> Job:
         (job_id, tenant_id, alert_id, channel_id, event, attempts, payload, lease, *channel) = row
         found_id, channel_tenant, channel_type, enabled, config = channel
         destination = None

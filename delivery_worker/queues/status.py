@@ -14,7 +14,8 @@ from psycopg2 import sql
 from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
-from delivery_worker.jobs import Outcome, Table, Verdict
+from delivery_worker.jobs import Job, Outcome, Table, Verdict
+from delivery_worker.retry import RetryPolicy
 
 ERROR_LIMIT = 500
 LEASE_LOST_ERROR = "worker stopped while processing (lease expired); attempt counted"
@@ -134,19 +135,38 @@ def record_statuses(cur: cursor, table: Table, outcomes: Sequence[Outcome]) -> s
     return written
 
 
-def reap_expired(
-    cur: cursor, table: Table, *, extra: str, lease_seconds: float, max_attempts: int, base: float, cap: float
-) -> list[tuple[Any, ...]]:
-    """Take back jobs whose lease ran out; returns (job_id, status, tenant_id, alert_id, attempts, extra)."""
-    query = sql.SQL(REAP_EXPIRED).format(table=sql.Identifier(table.value), extra=sql.SQL(extra))
-    cur.execute(
-        query,
-        {
-            "lease_seconds": lease_seconds,
-            "max_attempts": max_attempts,
-            "base": base,
-            "max": cap,
-            "error": LEASE_LOST_ERROR,
-        },
-    )
-    return list(cur.fetchall())
+class LeasedQueue:
+    """What both queues share: claiming under a lease with the table's CLAIM statement, and taking
+    back expired leases. Subclasses add their row mapping and their log writes."""
+
+    table: Table
+    claim_sql: str
+    reap_returns: str  # the extra RETURNING column of REAP_EXPIRED
+
+    def __init__(self, *, lease_seconds: float, policy: RetryPolicy) -> None:
+        self.lease_seconds = lease_seconds
+        self.policy = policy
+
+    def claim(self, cur: cursor, limit: int) -> list[Job]:
+        cur.execute(self.claim_sql, {"limit": limit, "lease_seconds": self.lease_seconds})
+        return [self.job_from_row(row) for row in cur.fetchall()]
+
+    def job_from_row(self, row: tuple[Any, ...]) -> Job:
+        raise NotImplementedError
+
+    def reap_expired(self, cur: cursor) -> list[tuple[Any, ...]]:
+        """Take back jobs whose lease ran out: (job_id, status, tenant_id, alert_id, attempts, extra)."""
+        query = sql.SQL(REAP_EXPIRED).format(
+            table=sql.Identifier(self.table.value), extra=sql.SQL(self.reap_returns)
+        )
+        cur.execute(
+            query,
+            {
+                "lease_seconds": self.lease_seconds,
+                "max_attempts": self.policy.max_attempts,
+                "base": self.policy.backoff_base_seconds,
+                "max": self.policy.backoff_max_seconds,
+                "error": LEASE_LOST_ERROR,
+            },
+        )
+        return list(cur.fetchall())
