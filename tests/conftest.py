@@ -15,6 +15,7 @@ import pytest
 
 from delivery_worker.db import connect
 from delivery_worker.migrate import apply_migrations
+from tests.processes import kill_leftover_workers
 from tests.servers.http import RecordingServer
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://127.0.0.1:5432/postgres")
@@ -71,6 +72,13 @@ def database(template_database: str) -> Iterator[str]:
     dsn = create_database(name, template=template_database)
     yield dsn
     drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers() -> Iterator[None]:
+    """A test that fails mid-way must not leave a worker process polling."""
+    yield
+    kill_leftover_workers()
 
 
 @pytest.fixture

@@ -23,15 +23,29 @@ def worker_env(dsn: str, **settings: str) -> dict[str, str]:
     return env
 
 
+STARTED: list[subprocess.Popen[str]] = []  # killed after each test by the conftest fixture
+
+
+def kill_leftover_workers() -> None:
+    """Kill any worker a test started and left running (e.g. after a failed assertion)."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+
+
 def start_worker(dsn: str, *args: str, **settings: str) -> subprocess.Popen[str]:
     """`delivery-worker --config /dev/null run ARGS`; settings like worker_threads="4"."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "delivery_worker", "--config", "/dev/null", "run", *args],
         env=worker_env(dsn, **settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    STARTED.append(process)
+    return process
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
