@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from psycopg2.extensions import cursor
 
 from channels.errors import TransientError
 from delivery_worker.config import Settings
@@ -178,64 +179,76 @@ class Poller:
 
     # --- database --------------------------------------------------------------------------------
 
-    def _record_and_claim(self) -> list[Job]:
-        """Write finished outcomes, then (unless stopping) claim up to the free capacity."""
+    def _record_and_claim(self, *, claim: bool = True) -> list[Job]:
+        """One transaction per cycle: write finished outcomes, take back expired leases, and
+        (unless stopping) claim up to the free capacity. The outcomes stay in memory until it
+        commits."""
         if not self._ensure_connection():
             return []
         assert self.conn is not None
+        outcomes = list(self.unrecorded)
+        claimed: list[Job] = []
         try:
-            self._record(self.conn)
-            self._reap_expired_leases(self.conn)
-            free = self.threads - len(self.in_flight)
-            if free <= 0 or self.stopping.is_set():
+            with transaction(self.conn) as cur:
+                self._write(cur, outcomes)
+                self._reap_expired_leases(cur)
+                free = self.threads - len(self.in_flight)
+                if claim and free > 0 and not self.stopping.is_set():
+                    claimed = self._claim(cur, free)
+        except DatabaseRejected as exc:
+            if not outcomes:
+                self._lost_connection(str(exc))
                 return []
-            return self._claim(self.conn, free)
-        except (DatabaseUnavailable, DatabaseRejected) as exc:
+            self._record_one_by_one(exc)
+            return []
+        except DatabaseUnavailable as exc:
             self._lost_connection(str(exc))
             return []
+        self._recorded(outcomes)
+        if claimed:
+            self.observer.jobs_claimed(claimed)
+        return claimed
 
-    def _record(self, conn: Connection) -> None:
-        if not self.unrecorded:
-            return
-        try:
-            self._write(conn, self.unrecorded)
-        except DatabaseRejected as exc:
-            # One bad outcome must not hold back the rest: write them one by one and drop what is
-            # still refused (those jobs stay PROCESSING and are reclaimed when their lease ends).
-            log.error("outcomes.rejected", error=str(exc), count=len(self.unrecorded))
-            for outcome in list(self.unrecorded):
-                try:
-                    self._write(conn, [outcome])
-                except DatabaseRejected as single:
-                    log.error("outcome.dropped", job=outcome.job.key, error=str(single))
-                    self.unrecorded.remove(outcome)
-            return
-        recorded, self.unrecorded = self.unrecorded, []
-        self.observer.outcomes_recorded(recorded)
+    def _write(self, cur: cursor, outcomes: list[Outcome]) -> None:
+        for job_queue in self.queues:
+            mine = [o for o in outcomes if o.job.table is job_queue.table]
+            if mine:
+                job_queue.record(cur, mine)
 
-    def _write(self, conn: Connection, outcomes: list[Outcome]) -> None:
-        with transaction(conn) as cur:
-            for job_queue in self.queues:
-                mine = [o for o in outcomes if o.job.table is job_queue.table]
-                if mine:
-                    job_queue.record(cur, mine)
-        if outcomes is not self.unrecorded:
-            for outcome in outcomes:
+    def _recorded(self, outcomes: list[Outcome]) -> None:
+        """Forget outcomes that are now committed."""
+        if not outcomes:
+            return
+        done = {id(o) for o in outcomes}
+        self.unrecorded = [o for o in self.unrecorded if id(o) not in done]
+        self.observer.outcomes_recorded(outcomes)
+
+    def _record_one_by_one(self, error: DatabaseRejected) -> None:
+        """One bad outcome must not hold back the rest: write them one by one and drop what is
+        still refused (those jobs stay PROCESSING and are reclaimed when their lease ends)."""
+        assert self.conn is not None
+        log.error("outcomes.rejected", error=str(error), count=len(self.unrecorded))
+        for outcome in list(self.unrecorded):
+            try:
+                with transaction(self.conn) as cur:
+                    self._write(cur, [outcome])
+            except DatabaseRejected as single:
+                log.error("outcome.dropped", job=outcome.job.key, error=str(single))
                 self.unrecorded.remove(outcome)
-            self.observer.outcomes_recorded(outcomes)
+                continue
+            self._recorded([outcome])
 
-    def _reap_expired_leases(self, conn: Connection) -> None:
+    def _reap_expired_leases(self, cur: cursor) -> None:
         now = time.monotonic()
         if now < self.next_reap:
             return
         self.next_reap = now + min(REAP_INTERVAL_SECONDS, self.settings.worker.lease_seconds / 2)
-        with transaction(conn) as cur:
-            for job_queue in self.queues:
-                reclaimed = job_queue.reap(cur)
-                if reclaimed:
-                    log.warning("jobs.reclaimed", table=job_queue.table.value, count=reclaimed)
+        for job_queue in self.queues:
+            reclaimed = job_queue.reap(cur)
+            if reclaimed:
+                log.warning("jobs.reclaimed", table=job_queue.table.value, count=reclaimed)
 
-    def _claim(self, conn: Connection, free: int) -> list[Job]:
+    def _claim(self, cur: cursor, free: int) -> list[Job]:
         """Claim for each table in turn, starting with a different one each cycle.
 
         Each table first gets an equal share of the free threads; what one leaves unused goes to
@@ -248,22 +261,19 @@ class Poller:
         share = max(1, free // len(order))
         claimed: list[Job] = []
         hungry: list[JobQueue] = []
-        with transaction(conn) as cur:
-            for job_queue in order:
-                limit = min(batch, share, free - len(claimed))
-                if limit <= 0:
-                    break
-                jobs = job_queue.claim(cur, limit)
-                claimed.extend(jobs)
-                if len(jobs) == limit:
-                    hungry.append(job_queue)
-            for job_queue in hungry:
-                limit = min(batch, free - len(claimed))
-                if limit <= 0:
-                    break
-                claimed.extend(job_queue.claim(cur, limit))
-        if claimed:
-            self.observer.jobs_claimed(claimed)
+        for job_queue in order:
+            limit = min(batch, share, free - len(claimed))
+            if limit <= 0:
+                break
+            jobs = job_queue.claim(cur, limit)
+            claimed.extend(jobs)
+            if len(jobs) == limit:
+                hungry.append(job_queue)
+        for job_queue in hungry:
+            limit = min(batch, free - len(claimed))
+            if limit <= 0:
+                break
+            claimed.extend(job_queue.claim(cur, limit))
         return claimed
 
     def _ensure_connection(self) -> bool:
@@ -299,12 +309,7 @@ class Poller:
         self._collect_finished()
         deadline = time.monotonic() + 10
         while self.unrecorded and time.monotonic() < deadline:
-            if self._ensure_connection():
-                assert self.conn is not None
-                try:
-                    self._record(self.conn)
-                except DatabaseUnavailable as exc:
-                    self._lost_connection(str(exc))
+            self._record_and_claim(claim=False)
             if self.unrecorded:
                 time.sleep(self.reconnect_delay)
         if self.unrecorded:
