@@ -101,6 +101,11 @@ class Deliverer:
         except PermanentError as exc:
             if exc.http_status is not None:  # it answered: the destination itself is up
                 self.guard.succeeded(kind, where)
+            else:  # nothing learned about the destination (e.g. a refused address)
+                self.guard.inconclusive(where)
+            raise
+        except BaseException:
+            self.guard.inconclusive(where)
             raise
         self.guard.succeeded(kind, where)
         return receipt

@@ -104,6 +104,11 @@ class DestinationGuard:
         if circuit is not None:
             circuit.probing = False
 
+    def inconclusive(self, destination: str) -> None:
+        """An attempt that says nothing about the destination's health: let another job probe."""
+        with self.lock:
+            self._release_probe(destination)
+
     def succeeded(self, channel_type: str, destination: str) -> None:
         with self.lock:
             circuit = self.circuits.pop(destination, None)

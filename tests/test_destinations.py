@@ -78,6 +78,15 @@ def test_circuit_opens_after_threshold_then_one_probe_decides():
     g.admit("webhook", "down")
 
 
+def test_a_probe_that_learns_nothing_lets_the_next_job_probe():
+    g, clock = guard(threshold=1, cooldown=5)
+    g.failed("webhook", "down")
+    clock.now += 6
+    g.admit("webhook", "down")  # the probe...
+    g.inconclusive("down")  # ...failed before reaching the destination (e.g. a config error)
+    g.admit("webhook", "down")  # another job may probe; the circuit is not stuck half-open
+
+
 def test_success_resets_the_failure_count():
     g, _ = guard(threshold=3)
     for _ in range(2):
