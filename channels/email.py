@@ -469,7 +469,9 @@ def _failure(exc: Exception, config: EmailConfig, step: str, timeout: float) -> 
         return PermanentError(f"{server} does not support what is needed while {step}: {exc}")
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         if isinstance(exc.__context__, TimeoutError):
-            return TransientError(f"timed out after {timeout:g}s waiting for {server} while {step}")
+            return TransientError(
+                f"timed out after {timeout:g}s waiting for {server} while {step}", slow=True
+            )
         return TransientError(f"{server} closed the connection while {step}")
     if isinstance(exc, smtplib.SMTPException):
         return PermanentError(f"{server} failed while {step}: {_reply(str(exc), secrets)}")
@@ -486,8 +488,8 @@ def _failure(exc: Exception, config: EmailConfig, step: str, timeout: float) -> 
         return PermanentError(f"TLS ({mode}) with {server} failed: {_ssl_reason(exc)}")
     if isinstance(exc, TimeoutError):
         if step == "connecting":
-            return TransientError(f"timed out after {timeout:g}s connecting to {server}")
-        return TransientError(f"timed out after {timeout:g}s waiting for {server} while {step}")
+            return TransientError(f"timed out after {timeout:g}s connecting to {server}", slow=True)
+        return TransientError(f"timed out after {timeout:g}s waiting for {server} while {step}", slow=True)
     if isinstance(exc, ConnectionRefusedError):
         return TransientError(f"cannot connect to {server}: connection refused")
     if isinstance(exc, socket.gaierror):

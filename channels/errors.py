@@ -20,10 +20,18 @@ class TransientError(DeliveryError):
     """Raised when the same delivery may succeed later: timeouts, refused connections, 408/429/5xx."""
 
     def __init__(
-        self, message: str, *, http_status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        slow: bool = False,
     ) -> None:
         super().__init__(message, http_status=http_status)
         self.retry_after = retry_after
+        # A timeout already held its thread for the whole timeout: retrying it in-process would hold
+        # the thread again and starve other destinations, so it goes straight to the durable backoff.
+        self.slow = slow
 
 
 class PermanentError(DeliveryError):

@@ -127,7 +127,7 @@ class HttpClient:
             raise TransientError(f"TLS handshake with {host} failed") from None
         except requests.Timeout as exc:
             phase = "connecting to" if isinstance(exc, requests.ConnectTimeout) else "waiting for"
-            raise TransientError(f"timed out {phase} {host}") from None
+            raise TransientError(f"timed out {phase} {host}", slow=True) from None
         except requests.ConnectionError as exc:
             guard_error = _delivery_error_in(exc)  # BlockedAddress or a failed lookup, if wrapped
             if guard_error is not None:

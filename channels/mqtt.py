@@ -441,7 +441,7 @@ class MqttChannel:
         except socket.gaierror:
             raise TransientError(f"{where}: cannot resolve host name") from None
         except TimeoutError:
-            raise TransientError(f"{where}: connection timed out after {timeout:g}s") from None
+            raise TransientError(f"{where}: connection timed out after {timeout:g}s", slow=True) from None
         except ConnectionRefusedError:
             raise TransientError(f"{where}: connection refused") from None
         except OSError as exc:

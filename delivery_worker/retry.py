@@ -62,7 +62,7 @@ class RetryPolicy:
             if state.outcome is None or not state.outcome.failed:
                 return False
             error = state.outcome.exception()
-            if not isinstance(error, TransientError):
+            if not isinstance(error, TransientError) or error.slow:
                 return False
             return error.retry_after is None or error.retry_after <= QUICK_WAIT_MAX
 

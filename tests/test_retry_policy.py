@@ -82,3 +82,8 @@ def test_permanent_error_is_not_retried_in_process():
 def test_long_retry_after_is_left_to_the_durable_backoff():
     with pytest.raises(TransientError):
         run_quick(POLICY, [TransientError("slow down", retry_after=60)])
+
+
+def test_timeouts_are_not_retried_in_process():
+    with pytest.raises(TransientError):
+        run_quick(POLICY, [TransientError("timed out waiting for h", slow=True), TransientError("x")])
