@@ -59,8 +59,9 @@ def _admin(statement: str) -> None:
 
 @contextmanager
 def scratch_database(name: str) -> Iterator[str]:
-    """A freshly created and migrated database ``dw_bench_<name>``, dropped on the way out."""
-    dbname = f"dw_bench_{name}"
+    """A freshly created and migrated database ``dw_bench_<name>_<pid>``, dropped on the way out
+    (the pid keeps two runs of one benchmark from dropping each other's database)."""
+    dbname = f"dw_bench_{name}_{os.getpid()}"
     _admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     _admin(f'CREATE DATABASE "{dbname}"')
     dsn = psycopg2.extensions.make_dsn(ADMIN_DSN, dbname=dbname)

@@ -3,9 +3,11 @@
 The worker is the real CLI (``delivery-worker run --drain``) in a child process, so its CPU seconds
 and peak RSS are its own (``os.wait4``). The HTTP limit is a bare ThreadPoolExecutor posting the
 same bodies with the same headers and thread count through one requests.Session configured like
-the worker's (channels/http.HttpClient), with no database. Both rates are taken at the
-sink, between the first and the last arrival. ``--rounds`` repeats the pair and reports medians;
-``--profile`` then runs the worker twice more under py-spy and writes summaries to bench/profiles/.
+the worker's (channels/http.HttpClient), with no database; ``--limit-client urllib3`` uses urllib3
+directly instead. Both rates are taken at the sink, between the first and the last arrival.
+``--rounds`` repeats the pair and reports medians; ``--processes 2`` splits the threads between two
+worker processes sharing the queue; ``--profile`` then runs the worker (one process) twice more
+under py-spy and writes summaries to bench/profiles/.
 
     .venv/bin/python -m bench.throughput            # 20,000 jobs, 32 threads
     .venv/bin/python -m bench.throughput --quick    # 1,000 jobs
@@ -17,12 +19,14 @@ import json
 import queue
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from bench.common import (
@@ -78,21 +82,27 @@ def worker_pass(
     jobs: int,
     first: int,
     startup: Usage | None = None,
+    processes: int = 1,
     profile: Path | None = None,
     profile_args: tuple[str, ...] = (),
 ) -> tuple[Pass, list[int]]:
-    """Queue ``jobs`` jobs (one INSERT), run the worker until it drains them, and measure it."""
+    """Queue ``jobs`` jobs (one INSERT), run the worker (``processes`` of them sharing the queue)
+    until it drains them, and measure it: CPU and peak RSS are summed over the processes."""
     ids = insert_jobs(dsn, channel_id, jobs, first=first)
     sink.reset()
     sink_cpu = sink.stats()["cpu_s"]
-    worker = WorkerProcess(dsn, settings, drain=True, profile=profile, profile_args=profile_args)
-    usage = worker.wait(timeout=max(120.0, jobs / 20))
+    workers = [
+        WorkerProcess(dsn, settings, drain=True, profile=profile, profile_args=profile_args)
+        for _ in range(processes)
+    ]
+    usages = [worker.wait(timeout=max(120.0, jobs / 20)) for worker in workers]
     sink_cpu = sink.stats()["cpu_s"] - sink_cpu
     arrivals = sink.arrivals()
     times = [arrivals[key] for key in map(job_key, ids) if key in arrivals]
-    cpu = max(usage.cpu_s - (startup.cpu_s if startup else 0.0), 0.0)
+    cpu = max(sum(u.cpu_s for u in usages) - processes * (startup.cpu_s if startup else 0.0), 0.0)
+    rss = sum(u.max_rss_mb or 0.0 for u in usages)
     busy = max(times) - min(times) if len(times) > 1 else float("nan")
-    return Pass(len(times), span_rate(times), cpu, busy, usage.max_rss_mb, sink_cpu), ids
+    return Pass(len(times), span_rate(times), cpu, busy, rss, sink_cpu), ids
 
 
 def startup_usage(dsn: str, settings: dict[str, str]) -> Usage:
@@ -100,15 +110,45 @@ def startup_usage(dsn: str, settings: dict[str, str]) -> Usage:
     return WorkerProcess(dsn, settings, drain=True).wait(timeout=60)
 
 
-def http_limit(sink: Sink, bodies: list[tuple[str, bytes]], threads: int) -> Pass:
-    """Post every body from a bare thread pool through one requests.Session set up as the worker's
-    (channels/http.HttpClient: pool size, no retries, no proxies from the environment) but without
-    its outbound-address guard, and with no database."""
+def requests_poster(threads: int) -> tuple[Callable[[str, bytes, dict[str, str]], int], Callable[[], None]]:
+    """One requests.Session set up as the worker's (channels/http.HttpClient: pool size, no retries,
+    no proxies from the environment), without its outbound-address guard."""
     session = requests.Session()
     session.trust_env = False
     session.mount("http://", HTTPAdapter(pool_connections=32, pool_maxsize=threads, max_retries=0))
     session.headers["User-Agent"] = USER_AGENT
-    url, timeout = sink.url("/hook"), (5.0, 15.0)
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        with session.post(
+            url, data=body, headers=headers, timeout=(5.0, 15.0), allow_redirects=False
+        ) as reply:
+            return reply.status_code
+
+    return post, session.close
+
+
+def urllib3_poster(threads: int) -> tuple[Callable[[str, bytes, dict[str, str]], int], Callable[[], None]]:
+    """urllib3's PoolManager directly (what requests runs on), for comparison."""
+    pool = urllib3.PoolManager(
+        num_pools=32, maxsize=threads, retries=False, timeout=urllib3.Timeout(5.0, 15.0)
+    )
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        reply = pool.request(
+            "POST", url, body=body, headers={"User-Agent": USER_AGENT, **headers}, redirect=False
+        )
+        return reply.status
+
+    return post, pool.clear
+
+
+POSTERS = {"requests": requests_poster, "urllib3": urllib3_poster}
+
+
+def http_limit(sink: Sink, bodies: list[tuple[str, bytes]], threads: int, client: str) -> Pass:
+    """Post every body from a bare thread pool with the same headers, and no database."""
+    post, close = POSTERS[client](threads)
+    url = sink.url("/hook")
     work: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     for item in bodies:
         work.put(item)
@@ -121,12 +161,9 @@ def http_limit(sink: Sink, bodies: list[tuple[str, bytes]], threads: int) -> Pas
                 key, body = work.get_nowait()
             except queue.Empty:
                 return
-            headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-            with session.post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            ) as reply:
-                if not 200 <= reply.status_code < 300:
-                    failures.append(reply.status_code)
+            status = post(url, body, {"Content-Type": "application/json", "Idempotency-Key": key})
+            if not 200 <= status < 300:
+                failures.append(status)
 
     sink.reset()
     sink_cpu, cpu = sink.stats()["cpu_s"], cpu_seconds()
@@ -135,7 +172,7 @@ def http_limit(sink: Sink, bodies: list[tuple[str, bytes]], threads: int) -> Pas
             future.result()
     cpu = cpu_seconds() - cpu
     sink_cpu = sink.stats()["cpu_s"] - sink_cpu
-    session.close()
+    close()
     if failures:
         print(f"HTTP limit: {len(failures)} non-2xx answers", flush=True)
     times = list(sink.arrivals().values())
@@ -207,14 +244,20 @@ def row(name: str, passes: list[Pass], jobs: int) -> list[str]:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, help="jobs per pass (default 20,000; --quick 1,000)")
-    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=32, help="in all (the limit's threads too)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="worker processes sharing the queue and the threads"
+    )
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--log-level", default="INFO", help="the worker's log level (INFO: a line per job)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat worker + limit; show medians")
+    parser.add_argument(
+        "--limit-client", choices=sorted(POSTERS), default="requests", help="HTTP client of the limit"
+    )
     parser.add_argument("--profile", action="store_true", help="then profile the worker with py-spy")
     args = parser.parse_args()
     jobs = args.jobs or (1_000 if args.quick else 20_000)
-    settings = worker_settings(args.threads, args.batch_size, args.log_level)
+    settings = worker_settings(args.threads // args.processes, args.batch_size, args.log_level)
 
     workers: list[Pass] = []
     limits: list[Pass] = []
@@ -224,7 +267,14 @@ def main() -> None:
         startup = startup_usage(dsn, settings)
         for number in range(args.rounds):
             result, ids = worker_pass(
-                dsn, sink, channel_id, settings, jobs=jobs, first=number * jobs + 1, startup=startup
+                dsn,
+                sink,
+                channel_id,
+                settings,
+                jobs=jobs,
+                first=number * jobs + 1,
+                startup=startup,
+                processes=args.processes,
             )
             workers.append(result)
             completed += execute(
@@ -232,27 +282,34 @@ def main() -> None:
                 "SELECT count(*) FROM notification_jobs WHERE status = 'COMPLETED' AND job_id = ANY(%s)",
                 (ids,),
             )[0][0]
-            limits.append(http_limit(sink, bodies_for(dsn, ids), args.threads))
-        if args.profile:
-            profile_passes(dsn, sink, channel_id, settings, jobs, first=args.rounds * jobs + 1)
+            limits.append(http_limit(sink, bodies_for(dsn, ids), args.threads, args.limit_client))
+        if args.profile:  # one process with all the threads
+            single = worker_settings(args.threads, args.batch_size, args.log_level)
+            profile_passes(dsn, sink, channel_id, single, jobs, first=args.rounds * jobs + 1)
 
     rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    in_processes = f" in {args.processes} worker processes" if args.processes > 1 else ""
     print_table(
         ["run", "delivered", "jobs/s", "CPU s/1k jobs", "CPU %", "peak RSS MB", "sink CPU %"],
-        [row("worker (run --drain)", workers, jobs), row("HTTP limit (no database)", limits, jobs)],
+        [
+            row("worker (run --drain)", workers, jobs),
+            row(f"HTTP limit ({args.limit_client}, no db)", limits, jobs),
+        ],
         title=(
-            f"throughput: {jobs:,} webhook jobs, threads {args.threads}, batch_size {args.batch_size}, "
+            f"throughput: {jobs:,} webhook jobs, threads {args.threads}{in_processes}, "
+            f"batch_size {args.batch_size}, "
             f"log level {args.log_level}{rounds}; {machine()}"
         ),
     )
     print(
         f"worker start-up and exit with nothing to do: {startup.cpu_s:.2f} CPU s, "
-        f"{startup.max_rss_mb:.0f} MB (subtracted from the worker's CPU)"
+        f"{startup.max_rss_mb:.0f} MB (subtracted, per process, from the worker's CPU)"
     )
     print(f"jobs COMPLETED in the database: {completed:,} of {jobs * args.rounds:,}")
     ratios = [w.jobs_per_s / limit.jobs_per_s for w, limit in zip(workers, limits, strict=True)]
     if len(ratios) > 1:
         print("worker / limit per round: " + ", ".join(f"{r:.0%}" for r in ratios))
+        print("worker peak RSS per round: " + ", ".join(f"{fmt(w.max_rss_mb)} MB" for w in workers))
     ratio = median(ratios)
     print(f"worker / limit: {ratio:.0%} (target >= {TARGET_RATIO:.0%}: {verdict(ratio >= TARGET_RATIO)})")
 
