@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import http.client
 import json
 import math
@@ -246,18 +247,20 @@ class WorkerProcess:
             command, cwd=REPO, env=worker_env(dsn, settings), stdout=subprocess.DEVNULL, stderr=self.stderr
         )
         self.usage: Usage | None = None
+        self.peak_rss_mb: float | None = None
+
+    def _sample_peak_rss(self) -> None:
+        """VmHWM of the running child (its peak resident set since the exec), in MB."""
+        if time.monotonic() - self.started < 0.5:
+            return  # it may not have exec'd yet: the figure would be this process's
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_mb = max(self.peak_rss_mb or 0.0, int(line.split()[1]) / 1024)
 
     def wait(self, timeout: float) -> Usage:
         """Wait for the exit (SIGTERM, then SIGKILL, once ``timeout`` has passed); its rusage."""
-        # Never Popen.poll()/wait(): they would reap the child and its rusage with it.
-        deadline = time.monotonic() + timeout
-        while not self._reap() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self.usage is None:
-            print(f"worker still running after {timeout:.0f} s: stopping it", file=sys.stderr)
-            self.stop()
-        assert self.usage is not None
-        return self.usage
+        return wait_all([self], timeout)[0]
 
     def stop(self, grace: float = 30.0) -> Usage:
         """SIGTERM (finish in-flight jobs and exit), SIGKILL after ``grace``; its rusage."""
@@ -276,18 +279,37 @@ class WorkerProcess:
     def _reap(self) -> bool:
         if self.usage is not None:
             return True
+        self._sample_peak_rss()
         pid, status, rusage = os.wait4(self.process.pid, os.WNOHANG)
         if pid == 0:
             return False
         wall = time.monotonic() - self.started
         self.process.returncode = os.waitstatus_to_exitcode(status)
-        self.usage = Usage(wall, rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss / 1024)
+        # ru_maxrss would also count the image forked from this process before the exec.
+        peak = self.peak_rss_mb or rusage.ru_maxrss / 1024
+        self.usage = Usage(wall, rusage.ru_utime + rusage.ru_stime, peak)
         if self.process.returncode not in (0, -signal.SIGTERM):
             self.stderr.seek(0)
             tail = self.stderr.read()[-2000:]
             print(f"worker exited with {self.process.returncode}:\n{tail}", file=sys.stderr)
         self.stderr.close()
         return True
+
+
+def wait_all(workers: Sequence[WorkerProcess], timeout: float) -> list[Usage]:
+    """Wait for every worker to exit, sampling each one's peak RSS meanwhile; stop any still
+    running after ``timeout``. Never Popen.poll()/wait(): they would reap a child with its rusage."""
+    deadline = time.monotonic() + timeout
+    while not all([worker._reap() for worker in workers]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    usages = []
+    for worker in workers:
+        if worker.usage is None:
+            print(f"worker still running after {timeout:.0f} s: stopping it", file=sys.stderr)
+            worker.stop()
+        assert worker.usage is not None
+        usages.append(worker.usage)
+    return usages
 
 
 # --- measuring this process ----------------------------------------------------------------------
@@ -399,9 +421,11 @@ def _thread_kind(frames: Sequence[str]) -> str:
         return "listener"
     if "concurrent/futures/thread.py" in text:
         return "delivery threads"
-    if "Thread._bootstrap" not in text:
-        return "main thread"
-    return "other threads"
+    if "_run_module_as_main" in text:
+        return "main thread: start-up, shutdown"
+    if "Thread._bootstrap" in text:
+        return "other threads"
+    return "unattributed (stack cut short by --nonblocking sampling)"
 
 
 def summarize_profile(raw_path: Path, *, title: str, top: int = 30, only: str | None = None) -> str:

@@ -47,6 +47,7 @@ from bench.common import (
     span_rate,
     summarize_profile,
     verdict,
+    wait_all,
 )
 
 TARGET_RATIO = 0.80
@@ -95,7 +96,7 @@ def worker_pass(
         WorkerProcess(dsn, settings, drain=True, profile=profile, profile_args=profile_args)
         for _ in range(processes)
     ]
-    usages = [worker.wait(timeout=max(120.0, jobs / 20)) for worker in workers]
+    usages = wait_all(workers, timeout=max(120.0, jobs / 20))
     sink_cpu = sink.stats()["cpu_s"] - sink_cpu
     arrivals = sink.arrivals()
     times = [arrivals[key] for key in map(job_key, ids) if key in arrivals]
