@@ -16,22 +16,11 @@ from tests.rows import (
     log_rows,
 )
 from tests.servers.mqtt_subscriber import Subscriber
-from tests.servers.smtp import closed_port, smtp_server
+from tests.servers.smtp import closed_port, smtp_config, smtp_server
 from tests.servers.snmp_receiver import UsmUser, snmp_receiver
 from tests.support import SAMPLE_PAYLOAD
 
 SMTP_PASSWORD = "smtp-pa55word-xyz"
-
-
-def smtp_config(port: int, **overrides: object) -> dict[str, object]:
-    return {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": port,
-        "smtp_tls": False,
-        "from_address": "alerts@pulse.test",
-        "from_name": "Pulse Alerts",
-        **overrides,
-    }
 
 
 def test_email_channel_through_notification_jobs(database):

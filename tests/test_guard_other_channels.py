@@ -10,7 +10,7 @@ import socket
 import threading
 
 from tests.rows import drain, insert_channel, insert_notification_job, job
-from tests.servers.smtp import smtp_server
+from tests.servers.smtp import smtp_config, smtp_server
 from tests.servers.snmp_receiver import snmp_receiver
 
 CLOSED = {"allowed_networks": ()}  # the production default: no private or loopback address
@@ -18,15 +18,7 @@ CLOSED = {"allowed_networks": ()}  # the production default: no private or loopb
 
 def test_smtp_host_is_checked(database):
     with smtp_server() as server:
-        config = {
-            "smtp": {
-                "smtp_host": "127.0.0.1",
-                "smtp_port": server.port,
-                "smtp_tls": False,
-                "from_address": "a@b.test",
-            },
-            "recipients": {"to": ["ops@acme.test"]},
-        }
+        config = {"smtp": smtp_config(server.port), "recipients": {"to": ["ops@acme.test"]}}
         job_id = insert_notification_job(database, insert_channel(database, "email", config))
 
         drain(database, http=CLOSED)
@@ -79,15 +71,7 @@ def test_snmp_host_is_checked(database):
 
 def test_opening_the_network_lets_the_same_delivery_through(database):
     with smtp_server() as server:
-        config = {
-            "smtp": {
-                "smtp_host": "127.0.0.1",
-                "smtp_port": server.port,
-                "smtp_tls": False,
-                "from_address": "a@b.test",
-            },
-            "recipients": {"to": ["ops@acme.test"]},
-        }
+        config = {"smtp": smtp_config(server.port), "recipients": {"to": ["ops@acme.test"]}}
         job_id = insert_notification_job(database, insert_channel(database, "email", config))
 
         drain(database, http={"allowed_networks": (), "allow_private_networks": True})

@@ -153,3 +153,15 @@ def silent_server() -> Iterator[int]:
         sock.bind((HOST, 0))
         sock.listen(8)
         yield int(sock.getsockname()[1])
+
+
+def smtp_config(port: int, **overrides: object) -> dict[str, object]:
+    """The `smtp` object of an email channel that sends in plain SMTP to a test server."""
+    return {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_tls": False,
+        "from_address": "alerts@pulse.test",
+        "from_name": "Pulse Alerts",
+        **overrides,
+    }
