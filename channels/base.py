@@ -8,16 +8,13 @@ touches the database and never sleeps for a retry.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from channels.alert import Alert
-
-if TYPE_CHECKING:
-    from channels.http import HttpClient
-    from channels.netguard import AddressPolicy
-    from delivery_worker.config import Settings
+from channels.errors import DeadlineExceeded, InvalidChannelConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +25,18 @@ class Delivery:
     tenant_id: str
     alert: Alert
     payload: Mapping[str, Any]  # the producer's payload, as the webhook body
+    deadline: float | None = None  # time.monotonic() by which the whole attempt must have ended
+
+    def time_left(self, limit: float) -> float:
+        """Seconds the next network wait may take: ``limit``, cut to what is left before the deadline.
+
+        Raises DeadlineExceeded once the deadline has passed, so a channel checks before each wait."""
+        if self.deadline is None:
+            return limit
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("attempt deadline reached")
+        return min(limit, left)
 
 
 @dataclass(frozen=True)
@@ -59,29 +68,8 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class ChannelContext:
-    """Shared, thread-safe resources handed to every channel when the registry is built."""
-
-    settings: Settings
-    http: HttpClient
-
-    @property
-    def address_policy(self) -> AddressPolicy:
-        """Which addresses tenant-written hosts may resolve to ([http] allow_private_networks and
-        allowed_networks); HTTP, SMTP, MQTT and SNMP all use it."""
-        from channels.netguard import AddressPolicy
-
-        http = self.settings.http
-        return AddressPolicy(
-            allow_private=http.allow_private_networks, allowed_networks=http.allowed_networks
-        )
-
-
 def require_str(raw: Mapping[str, Any], key: str, *, where: str = "config") -> str:
     """A non-empty string config value, or InvalidChannelConfig naming the key."""
-    from channels.errors import InvalidChannelConfig
-
     value = raw.get(key)
     if value is None or value == "":
         raise InvalidChannelConfig(f"{where}.{key} is missing")
@@ -100,8 +88,6 @@ def optional_str(raw: Mapping[str, Any], key: str, *, where: str = "config") -> 
 
 def config_object(raw: Any, *, where: str = "config") -> Mapping[str, Any]:
     """The config as a mapping; a non-object config is a permanent error."""
-    from channels.errors import InvalidChannelConfig
-
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):

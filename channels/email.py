@@ -30,7 +30,8 @@ from typing import Any
 import structlog
 
 from channels.alert import Alert
-from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
+from channels.base import Delivery, Receipt, config_object, optional_str, require_str
+from channels.context import ChannelContext
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
 from channels.netguard import check_host
 from channels.templating import render

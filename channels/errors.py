@@ -34,6 +34,13 @@ class TransientError(DeliveryError):
         self.slow = slow
 
 
+class DeadlineExceeded(TransientError):
+    """Raised when an attempt ran past its wall-clock deadline; its connection has been closed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, slow=True)
+
+
 class PermanentError(DeliveryError):
     """Raised when retrying cannot help: a rejected request (4xx) or a delivery that cannot be built."""
 

@@ -38,7 +38,8 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str
+from channels.base import Delivery, Receipt, config_object, optional_str
+from channels.context import ChannelContext
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
 from channels.netguard import check_host
 from channels.templating import render

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.alert import Alert
-from channels.base import ChannelContext, Delivery, Receipt, config_object, require_str
+from channels.base import Delivery, Receipt, config_object, require_str
+from channels.context import ChannelContext
 
 SUMMARY_LIMIT = 1024
 CLIENT = "delivery-worker"  # shown in PagerDuty as the monitoring tool that sent the event

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from channels.base import Channel, ChannelContext
+from channels.base import Channel
+from channels.context import ChannelContext
 from channels.email import EmailChannel
 from channels.errors import PermanentError
 from channels.http import HttpClient
 from channels.mqtt import MqttChannel
 from channels.netguard import AddressPolicy
 from channels.pagerduty import PagerDutyChannel
+from channels.settings import ChannelSettings
 from channels.slack import SlackChannel
 from channels.snmp import SnmpChannel
 from channels.teams import TeamsChannel
 from channels.webhook import WebhookChannel
-from delivery_worker.config import Settings
 
 # channel_type -> factory. Aliases share one instance (see build_registry).
 FACTORIES: dict[str, Callable[[ChannelContext], Channel]] = {
@@ -59,12 +60,13 @@ class ChannelRegistry:
         self.context.http.close()
 
 
-def build_registry(settings: Settings) -> ChannelRegistry:
+def build_registry(settings: ChannelSettings, *, pool_size: int = 16) -> ChannelRegistry:
+    """Every channel, sharing one HTTP client sized for ``pool_size`` concurrent sends."""
     http = HttpClient(
         connect_timeout=settings.http.connect_timeout,
         read_timeout=settings.http.read_timeout,
         user_agent=settings.http.user_agent,
-        pool_size=settings.worker.threads,
+        pool_size=pool_size,
         ca_file=settings.tls.ca_file,
         policy=AddressPolicy(settings.http.allow_private_networks, settings.http.allowed_networks),
     )

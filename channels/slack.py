@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.alert import Alert
-from channels.base import ChannelContext, Delivery, Receipt, config_object, require_str
+from channels.base import Delivery, Receipt, config_object, require_str
+from channels.context import ChannelContext
 from channels.http import check_url
 
 COLOURS = {"CRITICAL": "#e94560", "HIGH": "#ff9800", "MEDIUM": "#ffc107"}

@@ -94,7 +94,8 @@ from pysnmp.hlapi.v3arch.asyncio import (
 from pysnmp.proto import errind, rfc1902
 
 from channels.alert import Alert
-from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
+from channels.base import Delivery, Receipt, config_object, optional_str, require_str
+from channels.context import ChannelContext
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
 from channels.netguard import AddressPolicy
 

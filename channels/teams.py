@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.alert import Alert
-from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str, require_str
+from channels.base import Delivery, Receipt, config_object, optional_str, require_str
+from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig
 from channels.http import check_url
 

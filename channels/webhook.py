@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.base import ChannelContext, Delivery, Receipt, config_object, optional_str
+from channels.base import Delivery, Receipt, config_object, optional_str
 from channels.base import require_str as _require_str
+from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig
 from channels.http import check_url
 from channels.templating import render

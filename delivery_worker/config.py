@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from channels.settings import (
+    HttpSettings,
+    IPNetwork,
+    MqttSettings,
+    PagerDutySettings,
+    SmtpSettings,
+    SnmpSettings,
+    TlsSettings,
+)
 
 DEFAULT_CONFIG_PATH = Path("config/worker.ini")
 CONFIG_PATH_ENV = "DELIVERY_WORKER_CONFIG"
@@ -55,43 +63,6 @@ class WorkerSettings:
     job_timeout_seconds: float
     lease_seconds: float
     shutdown_timeout: float
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    connect_timeout: float
-    read_timeout: float
-    user_agent: str
-    allow_private_networks: bool
-    allowed_networks: tuple[IPNetwork, ...]
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    ca_file: str  # empty: the system trust store
-
-
-@dataclass(frozen=True)
-class PagerDutySettings:
-    events_url: str
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    timeout: float
-
-
-@dataclass(frozen=True)
-class SnmpSettings:
-    timeout: float
-    retries: int
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    connect_timeout: float
-    publish_timeout: float
-    keepalive: int
 
 
 @dataclass(frozen=True)

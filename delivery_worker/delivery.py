@@ -35,13 +35,12 @@ class Deliverer:
         registry: ChannelRegistry,
         policy: RetryPolicy,
         stopping: threading.Event,
-        guard: DestinationGuard | None = None,
+        guard: DestinationGuard,
     ) -> None:
         self.registry = registry
         self.policy = policy
         self.stopping = stopping
-        settings = registry.context.settings
-        self.guard = guard or DestinationGuard(settings.rate_limits, settings.circuit_breaker)
+        self.guard = guard
 
     def run(self, job: Job) -> Outcome:
         started = datetime.now(UTC)

@@ -21,6 +21,7 @@ from channels.registry import build_registry
 from delivery_worker.config import Settings
 from delivery_worker.db import DatabaseUnavailable, connect
 from delivery_worker.delivery import Deliverer
+from delivery_worker.destinations import DestinationGuard
 from delivery_worker.health import HealthCheck, HealthServer, staleness_bound
 from delivery_worker.metrics import QueueSampler, WorkerMetrics
 from delivery_worker.migrate import pending_migrations
@@ -152,7 +153,7 @@ def run_worker(
     check_schema(settings.database.dsn)
     stopping = stopping or threading.Event()
     notifier = Notifier(environment.notify_socket)
-    registry = build_registry(settings)
+    registry = build_registry(settings, pool_size=settings.worker.threads)
     monitoring: Monitoring | None = None
     try:
         observers: list[PollObserver] = [
@@ -169,7 +170,12 @@ def run_worker(
             monitoring = Monitoring(settings, address, registry.types)
             observers.append(monitoring.metrics)
             monitoring.start()
-        deliverer = Deliverer(registry, RetryPolicy.from_settings(settings.worker), stopping)
+        deliverer = Deliverer(
+            registry,
+            RetryPolicy.from_settings(settings.worker),
+            stopping,
+            DestinationGuard(settings.rate_limits, settings.circuit_breaker),
+        )
         poller = Poller(settings, build_queues(settings), deliverer, stopping, observer=Observers(*observers))
         if threading.current_thread() is threading.main_thread():
             install_signal_handlers(stopping, poller.wake)

@@ -185,6 +185,7 @@ def send(
     """One attempt, quick retries included, through the worker's own Deliverer."""
     from channels.registry import build_registry
     from delivery_worker.delivery import Deliverer
+    from delivery_worker.destinations import DestinationGuard
     from delivery_worker.retry import RetryPolicy
 
     tenant_id = destination.tenant_id if destination else (target.tenant_id or "")
@@ -205,9 +206,10 @@ def send(
     policy = RetryPolicy.from_settings(settings.worker)
     policy = dataclasses.replace(policy, max_attempts=max(policy.max_attempts, 2))
     _drop_job_log_lines()
-    registry = build_registry(settings)
+    registry = build_registry(settings, pool_size=settings.worker.threads)
     try:
-        return Deliverer(registry, policy, threading.Event()).run(job)
+        guard = DestinationGuard(settings.rate_limits, settings.circuit_breaker)
+        return Deliverer(registry, policy, threading.Event(), guard).run(job)
     finally:
         registry.close()
 

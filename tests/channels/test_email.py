@@ -16,7 +16,8 @@ import pytest
 import trustme
 
 from channels import email as email_channel
-from channels.base import ChannelContext, Delivery
+from channels.base import Delivery
+from channels.context import ChannelContext
 from channels.email import (
     EmailChannel,
     EmailConfig,

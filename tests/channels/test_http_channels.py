@@ -8,7 +8,7 @@ import pytest
 import requests
 import responses
 
-from channels.base import ChannelContext
+from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient, parse_retry_after
 from channels.pagerduty import PagerDutyChannel

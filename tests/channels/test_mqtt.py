@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from channels.base import ChannelContext
+from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient
 from channels.mqtt import (

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from channels import snmp
-from channels.base import ChannelContext
+from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient
 from channels.snmp import DEFAULT_OID_PREFIX, OBJECT_COLUMNS, SnmpChannel, SnmpConfig

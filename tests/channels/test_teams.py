@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from channels.base import ChannelContext
+from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig
 from channels.http import HttpClient
 from channels.teams import TeamsChannel, build_adaptive_message, build_message_card

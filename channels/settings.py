@@ -1,0 +1,72 @@
+"""The settings channels read, declared here so ``channels/`` never depends on the worker's config.
+
+``delivery_worker.config`` parses the INI file into these same dataclasses; a channel only sees the
+sections it needs, through ``ChannelSettings``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    connect_timeout: float
+    read_timeout: float
+    user_agent: str
+    allow_private_networks: bool
+    allowed_networks: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca_file: str  # empty: the system trust store
+
+
+@dataclass(frozen=True)
+class PagerDutySettings:
+    events_url: str
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SnmpSettings:
+    timeout: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    connect_timeout: float
+    publish_timeout: float
+    keepalive: int
+
+
+class ChannelSettings(Protocol):
+    """The sections of the worker's settings that channels read (the worker's ``Settings`` fits)."""
+
+    @property
+    def http(self) -> HttpSettings: ...
+
+    @property
+    def tls(self) -> TlsSettings: ...
+
+    @property
+    def pagerduty(self) -> PagerDutySettings: ...
+
+    @property
+    def smtp(self) -> SmtpSettings: ...
+
+    @property
+    def snmp(self) -> SnmpSettings: ...
+
+    @property
+    def mqtt(self) -> MqttSettings: ...
