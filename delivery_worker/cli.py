@@ -139,7 +139,7 @@ def operator_command(settings: Settings, args: argparse.Namespace) -> int:
         return command(settings, args)
     except DatabaseUnavailable as exc:
         print(f"delivery-worker: {exc}", file=sys.stderr)
-    except DatabaseRejected as exc:  # e.g. the worker's role, which may not DELETE (README "Least privilege")
+    except DatabaseRejected as exc:  # e.g. the worker's role, which may not DELETE (docs/configuration.md)
         print(f"delivery-worker: {args.command}: the database refused: {exc}", file=sys.stderr)
     except psycopg2.Error as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -2,7 +2,7 @@
 
 `run` needs no DDL: it reads channels and integrations, claims and updates the two queues, and
 appends to the two log tables. `migrate` (with `[database] migrate_dsn`) is the only command that
-needs to create or alter anything. README "Least privilege" shows the GRANTs.
+needs to create or alter anything. docs/configuration.md "Least privilege" shows the GRANTs.
 """
 
 from __future__ import annotations
@@ -52,5 +52,6 @@ def check_run_privileges(conn: Connection) -> None:
         missing += [f"USAGE ON SEQUENCE {name}" for name, granted in cur.fetchall() if not granted]
     if missing:
         raise MissingPrivileges(
-            f"database role {role!r} lacks {', '.join(missing)} (see README 'Least privilege' for the GRANTs)"
+            f"database role {role!r} lacks {', '.join(missing)}"
+            " (see docs/configuration.md 'Least privilege' for the GRANTs)"
         )

@@ -20,7 +20,7 @@ from tests.rows import (
     job,
 )
 
-# Exactly the statements of README "Least privilege" (the role name is substituted).
+# Exactly the statements of docs/configuration.md "Least privilege" (the role name is substituted).
 RUN_GRANTS = """
 GRANT USAGE ON SCHEMA public TO {role};
 GRANT SELECT, UPDATE ON notification_jobs, delivery_jobs TO {role};
@@ -71,7 +71,7 @@ def test_missing_grant_is_one_clear_line_not_a_traceback(database, runner_role):
     assert worker.returncode == 1
     assert err.strip().splitlines() == [
         f"delivery-worker: database role '{role}' lacks INSERT ON notification_log"
-        " (see README 'Least privilege' for the GRANTs)"
+        " (see docs/configuration.md 'Least privilege' for the GRANTs)"
     ]
 
 
