@@ -773,3 +773,27 @@ def test_waits_are_bounded_by_the_time_left() -> None:
 def test_a_deadline_far_away_changes_nothing(plain_server: SmtpServer) -> None:
     receipt = deliver_by(local(plain_server.port), 60)
     assert receipt.detail.startswith("accepted by") and len(plain_server.messages) == 1
+
+
+INTERNATIONAL = {"to": ["Jörg <jörg@bücher.example>"]}
+
+
+def test_an_internationalised_address_goes_with_smtputf8_when_offered() -> None:
+    with smtp_server(smtputf8=True) as server:
+        raw = local(server.port)
+        raw["recipients"] = INTERNATIONAL
+        deliver(raw)
+        [received] = server.messages
+    assert {"SMTPUTF8", "BODY=8BITMIME"} <= set(received.mail_options)
+    assert received.rcpt_tos == ["jörg@bücher.example"]
+    assert "Jörg <jörg@bücher.example>".encode() in received.data  # raw UTF-8, as SMTPUTF8 allows
+    assert received.strict_message()["To"].addresses[0].addr_spec == "jörg@bücher.example"
+
+
+def test_an_internationalised_address_without_smtputf8_fails_at_once(plain_server: SmtpServer) -> None:
+    raw = local(plain_server.port)
+    raw["recipients"] = INTERNATIONAL
+    exc = failure(raw)
+    assert isinstance(exc, PermanentError)
+    assert "internationalized email support" in str(exc) and "SMTPUTF8" in str(exc)
+    assert plain_server.messages == []
