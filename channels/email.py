@@ -565,8 +565,9 @@ class AlertMailPolicy(EmailPolicy):
         for index, address in enumerate(addresses):
             if not address.addr_spec.isascii():
                 return None  # an internationalised address: the library writes it (SMTPUTF8)
-            item = [*_display_name_tokens(address.display_name), f"<{address.addr_spec}>"]
-            if not address.display_name:
+            if address.display_name:
+                item = [*_display_name_tokens(address.display_name), f"<{address.addr_spec}>"]
+            else:
                 item = [address.addr_spec]
             if index < len(addresses) - 1:
                 item[-1] += ","
@@ -792,7 +793,7 @@ _Client = _PinnedSMTP | _PinnedSMTPSSL
 
 @dataclass
 class _Attempt:
-    """Where one send is: the step (for messages) and the wait it was last given."""
+    """Where one send is: the step (for messages) and the wait it was last given (mutable: it moves)."""
 
     config: EmailConfig
     delivery: Delivery
