@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# requirements.txt alone, as `make install` and the Procfile platform install it (see docs/ci.md).
+RUNTIME_VENV ?= .venv-runtime
 DATABASE_URL ?= postgresql://127.0.0.1:5432/delivery_worker
 export DATABASE_URL
 
-.PHONY: install install-dev run test lint clean
+.PHONY: install install-dev runtime-venv run test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,17 @@ install: $(BIN)/python
 install-dev: install
 	$(BIN)/pip install -q -r requirements-dev.txt
 
+## A second venv holding only the runtime requirements, rebuilt from scratch when they change: the
+## smoke test (tests/test_runtime_install.py) runs the real worker from it through every channel.
+$(RUNTIME_VENV)/.installed: requirements.txt pyproject.toml
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q -r requirements.txt
+	$(RUNTIME_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+runtime-venv: $(RUNTIME_VENV)/.installed
+
 ## Create the local database if needed, migrate it, and run the worker until Ctrl-C.
 run: install
 	$(BIN)/delivery-worker migrate --create-database
@@ -27,9 +40,10 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Lint, type-check and run the whole test suite against the local PostgreSQL and Mosquitto.
-test: lint
-	$(BIN)/pytest -q
+## Lint, type-check and run the whole test suite against the local PostgreSQL and Mosquitto,
+## the runtime smoke test included (it reads the runtime venv from TEST_RUNTIME_VENV).
+test: lint runtime-venv
+	TEST_RUNTIME_VENV=$(abspath $(RUNTIME_VENV)) $(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) .mypy_cache .ruff_cache .pytest_cache

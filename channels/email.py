@@ -9,20 +9,37 @@ Two spellings of the ``smtp`` object exist in production (``smtp_host``/``smtp_p
 ``smtp_password``/``smtp_tls`` and the web UI's ``host``/``port``/``username``/``password``/``use_tls``);
 ``normalise_smtp`` maps the second onto the first, the first winning when both are set.
 
+A channel or integration without ``from_address``/``from_name`` sends as ``[smtp] from_address`` /
+``from_name`` (default ``delivery-worker@<this host's FQDN>``, "Pulse Alerts").
+
+Alert values reach headers only through ``header_text`` (control characters and Unicode line breaks
+become spaces, the subject is bounded) and headers are folded by ``AlertMailPolicy`` (RFC 2047 encoded
+words of at most 75 characters, lines within 78). An 8-bit body goes with ``BODY=8BITMIME`` when the
+server offers it, otherwise the message is rebuilt 7-bit clean (quoted-printable or base64).
+
+One wall-clock deadline per attempt (``Delivery.deadline``): every wait is bounded by the time left,
+and a peer still trickling its replies at the deadline has its connection shut (``closing_at``).
+
 Error messages name the server as host:port and quote the server's reply, never the password.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
+import os
 import smtplib
 import socket
 import ssl
+import threading
+import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.errors import HeaderDefect, MessageError
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
+from email.policy import EmailPolicy
 from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import Any
@@ -32,7 +49,14 @@ import structlog
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, optional_str, require_str
 from channels.context import ChannelContext
-from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.deadline import closing_at
+from channels.errors import (
+    DeadlineExceeded,
+    DeliveryError,
+    InvalidChannelConfig,
+    PermanentError,
+    TransientError,
+)
 from channels.netguard import check_host
 from channels.templating import render
 
@@ -54,9 +78,22 @@ SMTP_ALIASES = {
     "use_tls": "smtp_tls",
 }
 
+SENDER_LOCAL_PART = "delivery-worker"  # of the default sender, delivery-worker@<host FQDN>
+SUBJECT_MAX_CHARS = 200  # a longer subject is cut on a character boundary and ends with an ellipsis
+
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-_LINE_BREAKS = ("\r", "\n", "\x00")
+# Unicode categories that must never reach a header: controls (C0, DEL, C1 incl. U+0085) and the
+# line/paragraph separators U+2028/U+2029, which the email library treats as line breaks.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+@dataclass(frozen=True)
+class DefaultSender:
+    """``[smtp] from_address``/``from_name``: used by a channel or integration that names no sender."""
+
+    address: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,9 +197,14 @@ def _flag(value: Any, where: str, *, default: bool) -> bool:
     raise InvalidChannelConfig(f"{where} must be true or false, got {value!r}")
 
 
-def _no_line_breaks(value: str, where: str) -> str:
-    if any(ch in value for ch in _LINE_BREAKS):
-        raise InvalidChannelConfig(f"{where} contains a line break or NUL character")
+def _unsafe(ch: str) -> bool:
+    return unicodedata.category(ch) in _UNSAFE_CATEGORIES
+
+
+def _no_control_characters(value: str, where: str) -> str:
+    """A config value bound for a header: refuse (at parse time) what could break or inject one."""
+    if any(_unsafe(ch) for ch in value):
+        raise InvalidChannelConfig(f"{where} contains a line break or control character")
     return value
 
 
@@ -170,7 +212,7 @@ def _address(value: Any, where: str) -> str:
     """One address, bare or with a display name; refuses header injection and lists."""
     if not isinstance(value, str):
         raise InvalidChannelConfig(f"{where} must be a string, got {type(value).__name__}")
-    text = _no_line_breaks(value, where).strip()
+    text = _no_control_characters(value, where).strip()
     parsed = getaddresses([text])
     addr = parsed[0][1] if len(parsed) == 1 else ""
     local, at, domain = addr.rpartition("@")
@@ -196,8 +238,11 @@ def _template(raw: Mapping[str, Any], key: str) -> str | None:
     return template
 
 
-def parse_email_config(raw: Any) -> EmailConfig:
-    """Validate the unified config shape (either ``smtp`` spelling); errors name the key."""
+def parse_email_config(raw: Any, default_sender: DefaultSender | None = None) -> EmailConfig:
+    """Validate the unified config shape (either ``smtp`` spelling); errors name the key.
+
+    Without ``from_address`` (or ``from_name``) the ``default_sender`` fills in; with no default
+    the address is required."""
     obj = config_object(raw)
     raw_smtp = config_object(obj.get("smtp"), where="config.smtp")
     smtp = normalise_smtp(raw_smtp)
@@ -222,18 +267,23 @@ def parse_email_config(raw: Any) -> EmailConfig:
     if user and not password:
         raise InvalidChannelConfig(f"config.smtp.smtp_password is missing ({where('smtp_user')} is set)")
     if user is not None:
-        _no_line_breaks(user, where("smtp_user"))
+        _no_control_characters(user, where("smtp_user"))
         if not user.isascii():
             raise InvalidChannelConfig(f"{where('smtp_user')} must be ASCII for SMTP AUTH")
     if password is not None and not password.isascii():
         raise InvalidChannelConfig(f"{where('smtp_password')} must be ASCII for SMTP AUTH")
 
-    from_address = _address(
-        require_str(smtp, "from_address", where="config.smtp"), "config.smtp.from_address"
-    )
+    if default_sender is None or not _absent(smtp.get("from_address")):
+        from_address = _address(
+            require_str(smtp, "from_address", where="config.smtp"), "config.smtp.from_address"
+        )
+    else:
+        from_address = default_sender.address
     from_name = optional_str(smtp, "from_name", where="config.smtp")
     if from_name is not None:
-        _no_line_breaks(from_name, "config.smtp.from_name")
+        _no_control_characters(from_name, "config.smtp.from_name")
+    elif default_sender is not None:
+        from_name = default_sender.name
 
     recipients = config_object(obj.get("recipients"), where="config.recipients")
     to, cc, bcc = (_recipients(recipients, key) for key in RECIPIENT_KEYS)
@@ -243,7 +293,7 @@ def parse_email_config(raw: Any) -> EmailConfig:
     template = config_object(obj.get("template"), where="config.template")
     subject_template = _template(template, "subject_template")
     if subject_template is not None:
-        _no_line_breaks(subject_template, "config.template.subject_template")
+        _no_control_characters(subject_template, "config.template.subject_template")
     body_template = _template(template, "body_template")
     fmt = (optional_str(template, "format", where="config.template") or "text").strip().lower()
     fmt = "text" if fmt == "plain" else fmt
@@ -265,6 +315,41 @@ def parse_email_config(raw: Any) -> EmailConfig:
         subject_template=subject_template,
         body_template=body_template,
         format=fmt,
+    )
+
+
+def check_sender_address(text: str) -> str:
+    """``[smtp] from_address``: one address; ValueError (for the config loader) otherwise."""
+    try:
+        return _address(text, "address")
+    except InvalidChannelConfig as exc:
+        raise ValueError(str(exc).removeprefix("address ")) from None
+
+
+def check_sender_name(text: str) -> str:
+    """``[smtp] from_name``: any text without line breaks or control characters (empty: none)."""
+    if any(_unsafe(ch) for ch in text):
+        raise ValueError("contains a line break or control character")
+    return text
+
+
+def default_sender_address(host_name: str) -> str:
+    """``delivery-worker@<host_name>``, as cron and mailx name a host's mail; ``localhost`` when the
+    name is not a usable domain (an MTA refuses a sender whose domain does not resolve, so operators
+    of real relays set ``[smtp] from_address``)."""
+    name = host_name.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if not name or not all(
+        label and all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in label) for label in labels
+    ):
+        name = "localhost"
+    return f"{SENDER_LOCAL_PART}@{name}"
+
+
+def default_sender(from_address: str, from_name: str) -> DefaultSender:
+    """The worker-wide sender from ``[smtp]``; an empty address means this host's default."""
+    return DefaultSender(
+        address=from_address or default_sender_address(socket.getfqdn()), name=from_name or None
     )
 
 
@@ -361,26 +446,149 @@ def html_to_text(markup: str) -> str:
 def _message_id(config: EmailConfig, delivery: Delivery) -> str:
     """Stable per job, so a retried message is recognisably the same message to receivers."""
     seed = f"{delivery.key}|{delivery.tenant_id}|{delivery.alert.alert_id}|{delivery.alert.event}"
-    digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
+    digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     domain = config.envelope_sender.rpartition("@")[2]
     if not domain.isascii() or not all(ch.isalnum() or ch in ".-" for ch in domain):
         domain = "delivery-worker.invalid"
     return f"<{digest}@{domain}>"
 
 
-def build_message(config: EmailConfig, delivery: Delivery) -> EmailMessage:
-    """The complete message; raises PermanentError if the rendered subject carries a line break."""
+# --- headers and bodies --------------------------------------------------------------------------
+
+MAX_LINE = 78  # RFC 5322 2.1.1: header lines SHOULD stay within 78 characters
+# UTF-8 bytes per RFC 2047 encoded word: "=?utf-8?b?" + 56 base64 characters + "?=" is 68 characters,
+# so a word fits within the 75 of RFC 2047 and, after "Subject: ", within a 78-character line.
+_WORD_BYTES = 42
+_WORD_CHARS = 68
+
+
+def header_text(value: str) -> str:
+    """One line of header text from alert values: controls and Unicode line breaks become spaces,
+    runs of whitespace one space, lone surrogates U+FFFD."""
+    cleaned = "".join(
+        "\ufffd" if unicodedata.category(ch) == "Cs" else " " if _unsafe(ch) else ch for ch in value
+    )
+    return " ".join(cleaned.split())
+
+
+def bounded_subject(subject: str) -> str:
+    """At most SUBJECT_MAX_CHARS characters, cut on a character boundary with an ellipsis."""
+    if len(subject) <= SUBJECT_MAX_CHARS:
+        return subject
+    return subject[: SUBJECT_MAX_CHARS - 1].rstrip() + "…"
+
+
+def body_text(value: str) -> str:
+    """A body from alert values: CRLF, CR and Unicode line breaks as newlines, other controls but
+    tab dropped (no NUL or bare CR reaches the wire), lone surrogates U+FFFD."""
+    text = value.replace("\r\n", "\n").translate({0x0D: "\n", 0x85: "\n", 0x2028: "\n", 0x2029: "\n"})
+    return "".join(
+        "\ufffd" if unicodedata.category(ch) == "Cs" else ch
+        for ch in text
+        if ch in "\t\n" or unicodedata.category(ch) != "Cc"
+    )
+
+
+def encoded_words(text: str) -> list[str]:
+    """RFC 2047 B-encoded words for ``text``: whole characters, at most 68 characters each, and a
+    word full before the text ends breaks after its last space when it has one (some readers, Python
+    among them, wrongly show a space between adjacent encoded words of a display name)."""
+    chunks: list[str] = []
+    current = ""
+    for ch in text:
+        while current and len((current + ch).encode("utf-8")) > _WORD_BYTES:
+            cut = current.rfind(" ", 1) + 1 or len(current)
+            chunks.append(current[:cut])
+            current = current[cut:]
+        current += ch
+    if current:
+        chunks.append(current)
+    return [f"=?utf-8?b?{base64.b64encode(c.encode('utf-8')).decode('ascii')}?=" for c in chunks]
+
+
+def _plain(text: str, room: int) -> bool:
+    """Whether ``text`` can go as it is: ASCII words that fit a line and cannot read as encoded words."""
+    return text.isascii() and "=?" not in text and all(len(word) <= room for word in text.split())
+
+
+def _phrase_tokens(text: str) -> list[str]:
+    """Tokens of a header value that are plain words when possible, encoded words otherwise."""
+    return text.split() if _plain(text, _WORD_CHARS) else encoded_words(text)
+
+
+def _display_name_tokens(name: str) -> list[str]:
+    quoted = formataddr((name, "x@x"))[: -len(" <x@x>")]  # quoted as RFC 5322 needs (" and \\)
+    if _plain(name, _WORD_CHARS) and len(quoted) <= _WORD_CHARS:
+        return [quoted]
+    return encoded_words(name)
+
+
+def fold_tokens(name: str, tokens: list[str], linesep: str) -> str:
+    """``Name: token token ...`` folded before a token that would pass MAX_LINE."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for token in tokens:
+        if len(line) + 1 + len(token) > MAX_LINE and line.strip() != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + token
+    return linesep.join([*lines, line]) + linesep
+
+
+class AlertMailPolicy(EmailPolicy):
+    """The SMTP policy, except that Subject and the address headers are folded by ``fold_tokens``:
+    the library's folder writes encoded words of 76-77 characters, over RFC 2047's 75."""
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if name.lower() == "subject":
+            # Kept as given (already header_text): the library would decode an alert's literal
+            # "=?...?=" here, while fold_tokens encodes it so that readers see it as written.
+            return (name, str(value))
+        return super().header_store_parse(name, value)
+
+    def fold(self, name: str, value: str) -> str:
+        folded = self._fold_header(name, value)
+        return folded if folded is not None else super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        folded = self._fold_header(name, value)
+        return folded.encode("ascii") if folded is not None else super().fold_binary(name, value)
+
+    def _fold_header(self, name: str, value: str) -> str | None:
+        key = name.lower()
+        if key == "subject":
+            return fold_tokens(name, _phrase_tokens(header_text(str(value))), self.linesep)
+        addresses = getattr(value, "addresses", None)
+        if key not in ("from", "to", "cc") or addresses is None:
+            return None
+        tokens: list[str] = []
+        for index, address in enumerate(addresses):
+            if not address.addr_spec.isascii():
+                return None  # an internationalised address: the library writes it (SMTPUTF8)
+            if address.display_name:
+                item = [*_display_name_tokens(address.display_name), f"<{address.addr_spec}>"]
+            else:
+                item = [address.addr_spec]
+            if index < len(addresses) - 1:
+                item[-1] += ","
+            tokens += item
+        return fold_tokens(name, tokens, self.linesep)
+
+
+SMTP_8BIT = AlertMailPolicy(linesep="\r\n")  # bodies may be 8-bit (sent with BODY=8BITMIME)
+SMTP_7BIT = SMTP_8BIT.clone(cte_type="7bit")  # for servers without 8BITMIME: QP or base64
+
+
+def build_message(config: EmailConfig, delivery: Delivery, *, eight_bit: bool = True) -> EmailMessage:
+    """The complete message, 7-bit clean unless ``eight_bit``. Alert values cannot break a header;
+    a message that still cannot be encoded is a PermanentError, here, before any connection."""
     alert = delivery.alert
     values = alert.placeholders()
     subject = ""
     if config.subject_template:
-        subject = render(config.subject_template, values, where="config.template.subject_template").strip()
-    subject = subject or default_subject(alert)  # a template that renders empty gets the default
-    if any(ch in subject for ch in _LINE_BREAKS):
-        raise PermanentError(
-            "email subject contains a line break after rendering (from an alert value); "
-            "refusing to send a possible header injection"
-        )
+        subject = render(config.subject_template, values, where="config.template.subject_template")
+    # Defaults: a template that renders empty, and default_subject (alert values in it as well).
+    subject = bounded_subject(header_text(subject) or header_text(default_subject(alert)))
 
     html_body: str | None = None
     if config.format == "html":
@@ -396,24 +604,35 @@ def build_message(config: EmailConfig, delivery: Delivery) -> EmailMessage:
     else:
         text_body = default_text_body(alert)
 
-    message = EmailMessage(policy=SMTP_POLICY)
-    if config.from_name:
-        message["From"] = formataddr((config.from_name, config.envelope_sender))
-    else:
-        message["From"] = config.from_address
-    if config.to:
-        message["To"] = ", ".join(config.to)
-    if config.cc:
-        message["Cc"] = ", ".join(config.cc)
-    message["Subject"] = subject
-    message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = _message_id(config, delivery)
-    message["Auto-Submitted"] = "auto-generated"
-    message[DELIVERY_KEY_HEADER] = delivery.key
-    message.set_content(text_body)
-    if html_body is not None:
-        message.add_alternative(html_body, subtype="html")
+    message = EmailMessage(policy=SMTP_8BIT if eight_bit else SMTP_7BIT)
+    try:
+        if config.from_name:
+            message["From"] = formataddr((config.from_name, config.envelope_sender))
+        else:
+            message["From"] = config.from_address
+        if config.to:
+            message["To"] = ", ".join(config.to)
+        if config.cc:
+            message["Cc"] = ", ".join(config.cc)
+        message["Subject"] = subject
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = _message_id(config, delivery)
+        message["Auto-Submitted"] = "auto-generated"
+        message[DELIVERY_KEY_HEADER] = header_text(delivery.key)
+        message.set_content(body_text(text_body))
+        if html_body is not None:
+            message.add_alternative(body_text(html_body), subtype="html")
+        message.as_bytes()  # every header and part encodes, or the error is raised here
+    except (ValueError, MessageError, HeaderDefect) as exc:  # UnicodeError is a ValueError
+        raise PermanentError(
+            f"cannot encode the email for SMTP server {config.server}: {exc.__class__.__name__}"
+        ) from None
     return message
+
+
+def is_8bit(message: EmailMessage) -> bool:
+    """Whether the message as sent carries bytes above 127 (then it needs BODY=8BITMIME)."""
+    return not message.as_bytes().isascii()
 
 
 # --- sending -------------------------------------------------------------------------------------
@@ -503,25 +722,101 @@ def _failure(exc: Exception, config: EmailConfig, step: str, timeout: float) -> 
     return PermanentError(f"unexpected error with {server} while {step}: {exc.__class__.__name__}")
 
 
-class _PinnedSMTP(smtplib.SMTP):
+class _Cuttable:
+    """Lets the deadline watchdog shut the connection from its own thread.
+
+    It shuts a duplicate of the socket's descriptor (the same connection, whatever TLS object wraps
+    it at that moment) and never one the client has already closed, whose number may be reused."""
+
+    _host: str  # smtplib's (undeclared) name of the server, for STARTTLS server_hostname
+
+    def _init_cuttable(self) -> None:
+        self._cut_lock = threading.Lock()
+        self._fd = -1
+        self._cut = False
+        self._closed = False
+
+    def _track(self, sock: socket.socket) -> None:
+        """Called once the TCP connection exists; a deadline that already passed closes it at once."""
+        with self._cut_lock:
+            self._fd = sock.fileno()
+            cut = self._cut
+        if cut:
+            sock.close()
+            raise DeadlineExceeded("attempt deadline reached while connecting")
+
+    def cut(self) -> None:
+        with self._cut_lock:
+            self._cut = True
+            if self._closed or self._fd < 0:
+                return
+            try:
+                with socket.socket(fileno=os.dup(self._fd)) as duplicate:
+                    duplicate.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already reset by the peer: the blocked call fails on its own
+
+    def close(self) -> None:
+        with self._cut_lock:
+            self._closed = True
+        super().close()  # type: ignore[misc]
+
+
+class _PinnedSMTP(_Cuttable, smtplib.SMTP):
     """Connects to an address checked beforehand; the host name still names the server for TLS."""
 
     def __init__(self, *args: Any, address: str, **kwargs: Any) -> None:
-        self.pinned_address = address  # set before SMTP.__init__, which connects
-        super().__init__(*args, **kwargs)
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        return socket.create_connection((self.pinned_address, port), timeout, self.source_address)
-
-
-class _PinnedSMTPSSL(smtplib.SMTP_SSL):
-    def __init__(self, *args: Any, address: str, **kwargs: Any) -> None:
         self.pinned_address = address
+        self._init_cuttable()
         super().__init__(*args, **kwargs)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = socket.create_connection((self.pinned_address, port), timeout, self.source_address)
+        self._track(sock)
+        return sock
+
+
+class _PinnedSMTPSSL(_Cuttable, smtplib.SMTP_SSL):
+    def __init__(self, *args: Any, address: str, **kwargs: Any) -> None:
+        self.pinned_address = address
+        self._init_cuttable()
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.pinned_address, port), timeout, self.source_address)
+        self._track(sock)  # before the handshake, which a trickling peer may also drag out
         return self.context.wrap_socket(sock, server_hostname=host)
+
+
+_Client = _PinnedSMTP | _PinnedSMTPSSL
+
+
+@dataclass
+class _Attempt:
+    """Where one send is: the step (for messages) and the wait it was last given (mutable: it moves)."""
+
+    config: EmailConfig
+    delivery: Delivery
+    limit: float  # [smtp] timeout: the longest single wait
+    step: str = "connecting"
+    timeout: float = 0.0
+
+    def past_deadline(self) -> bool:
+        return self.delivery.deadline is not None and time.monotonic() >= self.delivery.deadline
+
+    def next(self, step: str, client: _Client | None = None) -> None:
+        """Enter ``step`` with every wait bounded by the time left (DeadlineExceeded once none is)."""
+        self.step = step
+        try:
+            self.timeout = self.delivery.time_left(self.limit)
+        except DeadlineExceeded:
+            raise DeadlineExceeded(
+                f"attempt deadline reached before {step} with SMTP server {self.config.server}"
+            ) from None
+        if client is not None and client.sock is not None:
+            client.sock.settimeout(self.timeout)
+        elif client is not None:
+            client.timeout = self.timeout
 
 
 class EmailChannel:
@@ -530,6 +825,7 @@ class EmailChannel:
     def __init__(self, context: ChannelContext) -> None:
         settings = context.settings
         self.timeout = settings.smtp.timeout
+        self.default_sender = default_sender(settings.smtp.from_address, settings.smtp.from_name)
         # smtplib verifies nothing without a context; this one checks the chain and the host name.
         self.tls_context = ssl.create_default_context(cafile=settings.tls.ca_file or None)
         # Used only when a config says tls_verify: false (lab equipment with self-signed certs).
@@ -541,74 +837,112 @@ class EmailChannel:
         self.address_policy = context.address_policy
 
     def parse_config(self, raw: Mapping[str, Any]) -> EmailConfig:
-        return parse_email_config(raw)
+        return parse_email_config(raw, self.default_sender)
 
     def send(self, config: EmailConfig, delivery: Delivery) -> Receipt:
         message = build_message(config, delivery)
-        recipients = config.envelope_recipients
-        context = self.tls_context if config.tls_verify else self.unverified_tls_context
-        mode = transport(config)
-        if not config.tls_verify and mode != "plain":
+        if not config.tls_verify and transport(config) != "plain":
             log.warning("tls.verification_disabled", channel_type="email", host=config.host, port=config.port)
-        client: smtplib.SMTP | None = None
-        step = "connecting"
-        sent = False
+        attempt = _Attempt(config, delivery, self.timeout)
+        attempt.next("connecting")
         # Tenants write SMTP hosts too: resolve once, check, and connect to the checked address.
         address = check_host(config.host, config.port, self.address_policy)
+        client = self._client(config, address)
+        sent = False
         try:
-            # The host goes to the constructor: smtplib only takes the TLS server_hostname from there.
-            if mode == "ssl":
-                client = _PinnedSMTPSSL(
-                    config.host,
-                    config.port,
-                    timeout=self.timeout,
-                    local_hostname=self.local_hostname,
-                    context=context,
-                    address=address,
-                )
-            else:
-                client = _PinnedSMTP(
-                    config.host,
-                    config.port,
-                    timeout=self.timeout,
-                    local_hostname=self.local_hostname,
-                    address=address,
-                )
-            step = "saying EHLO"
-            client.ehlo_or_helo_if_needed()
-            if mode == "starttls":
-                if not client.has_extn("starttls"):
-                    raise PermanentError(
-                        f"SMTP server {config.server} does not offer STARTTLS but config.smtp.smtp_tls "
-                        "is true; not sending in plaintext (use port 465 for implicit TLS, or set "
-                        "smtp_tls false)"
-                    )
-                step = "starting TLS"
-                client.starttls(context=context)
-                step = "saying EHLO"
-                client.ehlo()
-            if config.user:
-                step = "logging in"
-                client.login(config.user, config.password or "")
-            step = "sending the message"
-            refused = client.send_message(message, from_addr=config.envelope_sender, to_addrs=recipients)
-            sent = True
-            client.quit()
-        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
-            if not sent:  # a failing QUIT after the message was accepted changes nothing
-                raise _failure(exc, config, step, self.timeout) from None
+            with closing_at(delivery.deadline, client.cut) as watchdog:
+                try:
+                    refused = self._exchange(client, attempt, message)
+                    sent = True
+                    attempt.next("saying QUIT", client)
+                    client.quit()
+                except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+                    if sent:  # a failing QUIT after the message was accepted changes nothing
+                        pass
+                    elif watchdog.fired or attempt.past_deadline():  # cut, or a wait cut to fit
+                        raise DeadlineExceeded(
+                            f"SMTP server {config.server} was still {attempt.step} at the attempt "
+                            "deadline; connection closed"
+                        ) from None
+                    else:
+                        raise _failure(exc, config, attempt.step, attempt.timeout) from None
+                except DeadlineExceeded:
+                    if not sent:
+                        raise
         finally:
-            if client is not None:
-                client.close()
-        accepted = len(recipients) - len(refused)
-        if refused:
-            detail = (
-                f"accepted by {config.server} for {accepted} of {len(recipients)} recipients; "
-                f"refused: {_refusals(refused, config.secrets())}"
-            )
-        else:
-            detail = f"accepted by {config.server} for {accepted} recipient{'s' * (accepted != 1)}"
-        return Receipt(detail=detail)
+            client.close()
+        return _receipt(config, refused)
 
     def close(self) -> None:
         pass
+
+    def _tls_context(self, config: EmailConfig) -> ssl.SSLContext:
+        return self.tls_context if config.tls_verify else self.unverified_tls_context
+
+    def _client(self, config: EmailConfig, address: str) -> _Client:
+        """An unconnected client: connecting happens under the deadline watchdog."""
+        if transport(config) == "ssl":
+            return _PinnedSMTPSSL(
+                local_hostname=self.local_hostname, context=self._tls_context(config), address=address
+            )
+        return _PinnedSMTP(local_hostname=self.local_hostname, address=address)
+
+    def _exchange(self, client: _Client, attempt: _Attempt, message: EmailMessage) -> dict[str, Any]:
+        """Greeting to end of DATA; returns the recipients the server refused."""
+        config = attempt.config
+        attempt.next("connecting", client)
+        # smtplib names the TLS server (STARTTLS) after the host given to its constructor, which would
+        # also connect outside the watchdog: set that name, then connect (to the pinned address).
+        client._host = config.host
+        code, greeting = client.connect(config.host, config.port)
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, greeting)
+        attempt.next("saying EHLO", client)
+        client.ehlo_or_helo_if_needed()
+        if transport(config) == "starttls":
+            if not client.has_extn("starttls"):
+                raise PermanentError(
+                    f"SMTP server {config.server} does not offer STARTTLS but config.smtp.smtp_tls "
+                    "is true; not sending in plaintext (use port 465 for implicit TLS, or set "
+                    "smtp_tls false)"
+                )
+            attempt.next("starting TLS", client)
+            client.starttls(context=self._tls_context(config))
+            attempt.next("saying EHLO", client)
+            client.ehlo()
+        if config.user:
+            attempt.next("logging in", client)
+            client.login(config.user, config.password or "")
+        options: tuple[str, ...] = ()
+        if is_8bit(message) and _ascii_envelope(config):
+            if client.has_extn("8bitmime"):
+                options = ("BODY=8BITMIME",)
+            else:
+                message = build_message(config, attempt.delivery, eight_bit=False)
+        attempt.next("sending the message", client)
+        return dict(
+            client.send_message(
+                message,
+                from_addr=config.envelope_sender,
+                to_addrs=config.envelope_recipients,
+                mail_options=options,
+            )
+        )
+
+
+def _ascii_envelope(config: EmailConfig) -> bool:
+    """An internationalised address makes smtplib ask for SMTPUTF8 and BODY=8BITMIME itself."""
+    return "".join([config.envelope_sender, *config.envelope_recipients]).isascii()
+
+
+def _receipt(config: EmailConfig, refused: Mapping[str, tuple[int, bytes]]) -> Receipt:
+    recipients = config.envelope_recipients
+    accepted = len(recipients) - len(refused)
+    if refused:
+        detail = (
+            f"accepted by {config.server} for {accepted} of {len(recipients)} recipients; "
+            f"refused: {_refusals(refused, config.secrets())}"
+        )
+    else:
+        detail = f"accepted by {config.server} for {accepted} recipient{'s' * (accepted != 1)}"
+    return Receipt(detail=detail)

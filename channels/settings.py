@@ -35,6 +35,9 @@ class PagerDutySettings:
 @dataclass(frozen=True)
 class SmtpSettings:
     timeout: float
+    # The sender of email channels and integrations that name none (see docs/email.md).
+    from_address: str = ""  # empty: delivery-worker@<this host's fully qualified name>
+    from_name: str = "Pulse Alerts"  # empty: no display name
 
 
 @dataclass(frozen=True)

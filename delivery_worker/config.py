@@ -193,6 +193,20 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _sender_address(text: str) -> str:
+    """[smtp] from_address: empty (the channel's host-name default) or one email address."""
+    from channels.email import check_sender_address  # only the email channel knows address syntax
+
+    value = text.strip()
+    return check_sender_address(value) if value else ""
+
+
+def _sender_name(text: str) -> str:
+    from channels.email import check_sender_name
+
+    return check_sender_name(text.strip())
+
+
 def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -234,6 +248,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
     },
     "smtp": {
         "timeout": ("15", _float(0, exclusive=True)),
+        "from_address": ("", _sender_address),
+        "from_name": ("Pulse Alerts", _sender_name),
     },
     "snmp": {
         "timeout": ("3", _float(0, exclusive=True)),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import smtplib
 import socket
 import ssl
 import time
+import unicodedata
 from collections.abc import Iterator
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -26,9 +29,23 @@ from channels.email import (
     normalise_smtp,
     parse_email_config,
 )
-from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
+from channels.errors import (
+    DeadlineExceeded,
+    DeliveryError,
+    InvalidChannelConfig,
+    PermanentError,
+    TransientError,
+)
 from channels.http import HttpClient
-from tests.servers.smtp import HOST, SmtpServer, closed_port, silent_server, smtp_server
+from tests.servers.smtp import (
+    HOST,
+    SmtpServer,
+    closed_port,
+    silent_server,
+    smtp_server,
+    strict_message,
+    trickling_server,
+)
 from tests.support import SAMPLE_PAYLOAD, make_delivery, make_settings
 
 PASSWORD = "hunter2-Pa55word"
@@ -248,7 +265,7 @@ def test_templates_render_placeholders_and_missing_ones_render_empty() -> None:
     assert message["Subject"] == "CRITICAL THRESHOLD at plant-3"
     assert message.get_content() == "Device sensor-17 says Temperature 92.5C above 85C. Extra: [] []\n"
     sparse = build(raw_config(template=template), make_delivery({"alert_id": 9}))
-    assert sparse["Subject"] == "UNKNOWN  at"
+    assert sparse["Subject"] == "UNKNOWN at"  # whitespace runs in a header become one space
     empty = build(raw_config(template={"subject_template": "{no_such_name}"}))
     assert empty["Subject"] == "[CRITICAL] THRESHOLD on sensor-17"
 
@@ -284,16 +301,32 @@ def test_html_to_text() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "template"),
+    ("payload", "template", "subject"),
     [
-        ({**SAMPLE_PAYLOAD, "alert_type": "X\r\nBcc: victim@example.net"}, None),
-        ({**SAMPLE_PAYLOAD, "message": "hi\nBcc: victim@example.net"}, {"subject_template": "{message}"}),
-        ({**SAMPLE_PAYLOAD, "device_id": "d\rX-Evil: 1"}, {"subject_template": "on {device_id}"}),
+        (
+            {**SAMPLE_PAYLOAD, "alert_type": "X\r\nBcc: victim@example.net"},
+            None,
+            "[CRITICAL] X Bcc: victim@example.net on sensor-17",
+        ),
+        (
+            {**SAMPLE_PAYLOAD, "message": "hi\nBcc: victim@example.net"},
+            {"subject_template": "{message}"},
+            "hi Bcc: victim@example.net",
+        ),
+        (
+            {**SAMPLE_PAYLOAD, "device_id": "d\rX-Evil: 1"},
+            {"subject_template": "on {device_id}"},
+            "on d X-Evil: 1",
+        ),
     ],
 )
-def test_header_injection_through_the_subject_is_refused(payload: dict[str, Any], template: Any) -> None:
-    with pytest.raises(PermanentError, match="subject contains a line break"):
-        build(raw_config(template=template), make_delivery(payload))
+def test_line_breaks_in_subject_values_cannot_inject_headers(
+    payload: dict[str, Any], template: Any, subject: str
+) -> None:
+    message = build(raw_config(template=template), make_delivery(payload))
+    parsed = strict_message(message.as_bytes())
+    assert parsed["Subject"] == subject
+    assert parsed["Bcc"] is None and parsed["X-Evil"] is None
 
 
 def test_message_id_is_stable_per_job() -> None:
@@ -545,3 +578,222 @@ def test_error_mapping(exc: Exception, kind: type[DeliveryError], text: str) -> 
     assert type(mapped) is kind
     assert text in str(mapped)
     assert_no_secret(mapped)
+
+
+# --- hostile alert values: valid headers and bodies ------------------------------------------------
+
+HOSTILE = {
+    "tab": "a\tb",
+    "newline": "line one\nline two\r\nthree\rfour",
+    "unicode line breaks": "a\u2028b\u2029c\x85d",
+    "other controls": "v\x0bf\x0cfs\x1cgs\x1drs\x1e\x00nul\x7fdel",
+    "quotes and backslash": 'say "hi" \\ <ops@example.com> (x) [y]',
+    "encoded-word lookalike": "=?utf-8?q?=0D=0ABcc:_victim@example.net?=",
+    "lone surrogate": "bad \ud800 text",
+    "cyrillic": "Температура выше порога на датчике",
+    "cjk": "温度が閾値を超えました" * 8,
+    "arabic": "تجاوزت درجة الحرارة الحد",
+    "emoji": "🔥" * 30,
+    "long": "word " * 2000,
+    "long word": "x" * 500,
+}
+ALL_PLACEHOLDERS = "{severity} {alert_type} {device_id} {site_id} {message} {tenant_id} {created_at} {status}"
+
+
+def hostile_delivery(value: str) -> Delivery:
+    payload = {
+        **SAMPLE_PAYLOAD,
+        **{key: value for key in ("device_id", "site_id", "alert_type", "message", "triggered_at")},
+        "tenant_id": value,
+    }
+    return make_delivery(payload)
+
+
+@pytest.mark.parametrize("value", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("fmt", ["text", "html"])
+@pytest.mark.parametrize("templated", [True, False], ids=["templates", "defaults"])
+@pytest.mark.parametrize("eight_bit", [True, False], ids=["8bit", "7bit"])
+def test_hostile_values_give_a_strictly_valid_message(
+    value: str, fmt: str, templated: bool, eight_bit: bool
+) -> None:
+    template: dict[str, Any] = {"format": fmt}
+    if templated:
+        template.update(subject_template=ALL_PLACEHOLDERS, body_template=f"<p>{ALL_PLACEHOLDERS}</p>")
+    config = parse(raw_config(template=template))
+    message = build_message(config, hostile_delivery(value), eight_bit=eight_bit)
+    data = message.as_bytes()
+    assert eight_bit or data.isascii()
+    parsed = strict_message(data)
+    subject = parsed["Subject"]
+    assert 0 < len(subject) <= email_channel.SUBJECT_MAX_CHARS
+    assert not any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in subject)
+    clean = email_channel.header_text(value)
+    if templated and len(clean) < 20:  # short values appear whole in the subject, as written
+        assert clean in subject
+    body = parsed.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "\x00" not in text and "\r" not in text.replace("\r\n", "")
+    if fmt == "text" and value in (HOSTILE["cyrillic"], HOSTILE["quotes and backslash"]):
+        assert value in text  # what was written arrives, whatever the transfer encoding
+
+
+def test_unicode_line_breaks_in_a_subject_become_spaces() -> None:
+    payload = {**SAMPLE_PAYLOAD, "message": "a\u2028b\x0bc\x0cd\x1ce\x1df\x1eg\x85h\u2029i\tj"}
+    message = build(raw_config(template={"subject_template": "{message}"}), make_delivery(payload))
+    assert strict_message(message.as_bytes())["Subject"] == "a b c d e f g h i j"
+
+
+def test_a_long_subject_is_cut_on_a_character_boundary_with_an_ellipsis() -> None:
+    payload = {**SAMPLE_PAYLOAD, "message": "温度" * 12_500}  # 25,000 characters, 75 KB of UTF-8
+    message = build(raw_config(template={"subject_template": "{message}"}), make_delivery(payload))
+    data = message.as_bytes()
+    subject = strict_message(data)["Subject"]
+    assert len(subject) == email_channel.SUBJECT_MAX_CHARS
+    assert subject == "温度" * 99 + "温…"
+    assert len(data.partition(b"\r\n\r\n")[0]) < 2_000
+
+
+def test_encoded_words_hold_whole_characters_and_at_most_75_chars() -> None:
+    for text in ("Ж" * 100, "日本語のテキスト" * 20, "é" + "y" * 200, "😀" * 50, "x" * 300 + " é"):
+        words = email_channel.encoded_words(text)
+        assert all(len(word) <= 75 for word in words)
+        decoded = "".join(str(make_header(decode_header(word))) for word in words)
+        assert decoded == text
+
+
+def test_an_ascii_subject_stays_readable_on_the_wire() -> None:
+    data = build(raw_config()).as_bytes()
+    assert b"\r\nSubject: [CRITICAL] THRESHOLD on sensor-17\r\n" in data
+
+
+def test_display_names_with_quotes_and_non_latin_text_are_encoded_correctly() -> None:
+    raw = raw_config(
+        smtp={"from_name": 'Ünïcödé "Alerts" \\ Team ' * 3},
+        recipients={"to": ['"Ops, Night" <ops@example.com>', "Дежурный инженер <duty@example.com>"]},
+    )
+    parsed = strict_message(build(raw).as_bytes())
+    # Python shows the (ignorable) space between two encoded words of a phrase: compare words.
+    assert parsed["From"].addresses[0].display_name.split() == ('Ünïcödé "Alerts" \\ Team ' * 3).split()
+    assert [a.display_name for a in parsed["To"].addresses] == ["Ops, Night", "Дежурный инженер"]
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["ops@example.com", "duty@example.com"]
+
+
+@pytest.mark.parametrize("bad", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\t"])
+def test_control_characters_in_header_config_are_refused_at_parse(bad: str) -> None:
+    with pytest.raises(InvalidChannelConfig, match="config.smtp.from_name contains a line break or control"):
+        parse(raw_config(smtp={"from_name": f"Pulse{bad}Alerts"}))
+    with pytest.raises(InvalidChannelConfig, match=r"config.recipients.to\[0\] contains"):
+        parse(raw_config(recipients={"to": [f"Ops{bad}Team <ops@example.com>"]}))
+
+
+# --- 8-bit bodies ------------------------------------------------------------------------------------
+
+NON_ASCII = {**SAMPLE_PAYLOAD, "message": "Température au-dessus du seuil — 92,5 °C"}
+
+
+def send_to(server: SmtpServer, payload: dict[str, Any], **template: Any) -> Any:
+    channel = make_channel(smtp={"timeout": 5})
+    raw = local(server.port)
+    if template:
+        raw["template"] = template
+    return channel.send(channel.parse_config(raw), make_delivery(payload))
+
+
+def test_an_8bit_body_goes_with_body_8bitmime_when_offered(plain_server: SmtpServer) -> None:
+    send_to(plain_server, NON_ASCII)
+    [received] = plain_server.messages
+    assert "BODY=8BITMIME" in received.mail_options and "SMTPUTF8" not in received.mail_options
+    assert "Température au-dessus du seuil — 92,5 °C".encode() in received.data  # 8-bit, as written
+    assert "92,5 °C" in received.strict_message().get_content()
+
+
+def test_an_8bit_body_is_sent_7bit_clean_to_a_server_without_8bitmime() -> None:
+    with smtp_server(eight_bit_mime=False) as server:
+        send_to(server, NON_ASCII, format="html")
+        [received] = server.messages
+    assert not any(option.startswith("BODY=") for option in received.mail_options)
+    assert received.data.isascii()
+    message = received.strict_message()
+    for part in message.walk():
+        if not part.is_multipart():
+            assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64")
+    assert "92,5 °C" in message.get_body(("plain",)).get_content()
+    assert "92,5 °C" in message.get_body(("html",)).get_content()
+
+
+def test_an_ascii_message_asks_for_nothing(plain_server: SmtpServer) -> None:
+    send_to(plain_server, SAMPLE_PAYLOAD)
+    [received] = plain_server.messages
+    assert not any(option.startswith("BODY=") for option in received.mail_options)
+    assert received.data.isascii()
+    received.strict_message()
+
+
+# --- one wall-clock deadline per attempt ---------------------------------------------------------------
+
+
+def deliver_by(raw: dict[str, Any], seconds: float, *, timeout: float = 5) -> Any:
+    """Send with an attempt deadline ``seconds`` from now and a longer per-wait [smtp] timeout."""
+    channel = make_channel(smtp={"timeout": timeout})
+    delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() + seconds)
+    return channel.send(channel.parse_config(raw), delivery)
+
+
+@pytest.mark.parametrize("after", ["connect", "data"])
+def test_a_trickling_peer_is_cut_at_the_deadline(after: str) -> None:
+    with trickling_server(after=after) as peer:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as caught:
+            deliver_by(local(peer.port), 1.0)
+        elapsed = time.monotonic() - started
+        assert peer.closed_by_client.wait(10)
+    assert 0.9 <= elapsed < 8  # the byte-by-byte reply never let a single 5 s wait expire
+    step = "connecting" if after == "connect" else "sending the message"
+    assert str(caught.value) == (
+        f"SMTP server {HOST}:{peer.port} was still {step} at the attempt deadline; connection closed"
+    )
+    assert peer.data_received == (1 if after == "data" else 0)  # sent once in this attempt
+
+
+def test_a_passed_deadline_fails_before_connecting(plain_server: SmtpServer) -> None:
+    with pytest.raises(DeadlineExceeded, match="before connecting with SMTP server"):
+        deliver_by(local(plain_server.port), -1)
+    assert plain_server.messages == []
+
+
+def test_waits_are_bounded_by_the_time_left() -> None:
+    with silent_server() as port:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            deliver_by(local(port), 1.0, timeout=30)  # the greeting wait gets 1 s, not 30
+        assert time.monotonic() - started < 8
+
+
+def test_a_deadline_far_away_changes_nothing(plain_server: SmtpServer) -> None:
+    receipt = deliver_by(local(plain_server.port), 60)
+    assert receipt.detail.startswith("accepted by") and len(plain_server.messages) == 1
+
+
+INTERNATIONAL = {"to": ["Jörg <jörg@bücher.example>"]}
+
+
+def test_an_internationalised_address_goes_with_smtputf8_when_offered() -> None:
+    with smtp_server(smtputf8=True) as server:
+        raw = local(server.port)
+        raw["recipients"] = INTERNATIONAL
+        deliver(raw)
+        [received] = server.messages
+    assert {"SMTPUTF8", "BODY=8BITMIME"} <= set(received.mail_options)
+    assert received.rcpt_tos == ["jörg@bücher.example"]
+    assert "Jörg <jörg@bücher.example>".encode() in received.data  # raw UTF-8, as SMTPUTF8 allows
+    assert received.strict_message()["To"].addresses[0].addr_spec == "jörg@bücher.example"
+
+
+def test_an_internationalised_address_without_smtputf8_fails_at_once(plain_server: SmtpServer) -> None:
+    raw = local(plain_server.port)
+    raw["recipients"] = INTERNATIONAL
+    exc = failure(raw)
+    assert isinstance(exc, PermanentError)
+    assert "internationalized email support" in str(exc) and "SMTPUTF8" in str(exc)
+    assert plain_server.messages == []

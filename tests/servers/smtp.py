@@ -6,25 +6,58 @@
 
 Options: ``users`` enables AUTH (PLAIN/LOGIN); ``refuse`` maps a recipient address to the reply
 its RCPT gets (``"550 5.1.1 no such user"``); ``tls_context`` offers STARTTLS (``require_starttls``
-makes it mandatory); ``implicit_tls`` wraps the whole connection (the port-465 style).
+makes it mandatory); ``implicit_tls`` wraps the whole connection (the port-465 style);
+``eight_bit_mime=False`` leaves 8BITMIME out of the EHLO reply (a 7-bit-only server); ``smtputf8``
+offers SMTPUTF8 (internationalised addresses).
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email import policy
+from email import errors, policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesParser, Parser
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 HOST = "127.0.0.1"
+ENCODED_WORD = re.compile(rb"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def strict_message(data: bytes, *, smtputf8: bool = False) -> EmailMessage:
+    """``data`` as a strict reader sees it. Fails on any parser or header defect, a header line over
+    78 characters or holding a control character, non-ASCII in a header (unless ``smtputf8``), an
+    RFC 2047 encoded word over 75 characters, or a body line over 998."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        assert len(line) <= 78, f"header line over 78 characters: {line!r}"
+        assert smtputf8 or line.isascii(), f"non-ASCII header line: {line!r}"
+        assert all(byte >= 32 or byte == 9 for byte in line), f"control character in {line!r}"
+    for word in ENCODED_WORD.findall(head):
+        assert len(word) <= 75, f"encoded word over 75 characters: {word!r}"
+    assert all(len(line) <= 998 for line in body.split(b"\r\n")), "body line over 998 characters"
+    assert b"\r" not in body.replace(b"\r\n", b"") and b"\n" not in body.replace(b"\r\n", b"")
+    if smtputf8:  # RFC 6532: UTF-8 headers; Python still calls a non-ASCII local part a defect
+        parsed = Parser(policy=policy.strict).parsestr(data.decode("utf-8"))
+        allowed: tuple[type[Exception], ...] = (errors.NonASCIILocalPartDefect,)
+    else:
+        parsed = BytesParser(policy=policy.strict).parsebytes(data)
+        allowed = ()
+    assert isinstance(parsed, EmailMessage)
+    for part in parsed.walk():
+        assert not part.defects, part.defects
+        for name, value in part.items():
+            defects = [d for d in getattr(value, "defects", ()) if not isinstance(d, allowed)]
+            assert not defects, (name, defects)
+    return parsed
 
 
 @dataclass
@@ -34,17 +67,29 @@ class Received:
     data: bytes
     tls: bool
     login: str | None
+    mail_options: list[str] = field(default_factory=list)  # "BODY=8BITMIME", "SMTPUTF8", ...
 
     def message(self) -> EmailMessage:
         parsed = BytesParser(policy=policy.default).parsebytes(self.data)
         assert isinstance(parsed, EmailMessage)
         return parsed
 
+    def strict_message(self) -> EmailMessage:
+        """The message, checked by ``strict_message`` (module function) on the way."""
+        return strict_message(self.data, smtputf8="SMTPUTF8" in self.mail_options)
+
 
 @dataclass
 class RecordingHandler:
     refuse: Mapping[str, str] = field(default_factory=dict)
+    eight_bit_mime: bool = True
     messages: list[Received] = field(default_factory=list)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [r for r in responses if self.eight_bit_mime or "8BITMIME" not in r]
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -63,6 +108,7 @@ class RecordingHandler:
                 data=envelope.original_content or envelope.content,
                 tls=bool(session.ssl) or server.transport.get_extra_info("ssl_object") is not None,
                 login=login,
+                mail_options=list(envelope.mail_options),
             )
         )
         return "250 Message accepted for delivery"
@@ -105,8 +151,10 @@ def smtp_server(
     require_starttls: bool = False,
     implicit_tls: ssl.SSLContext | None = None,
     auth_require_tls: bool = True,
+    eight_bit_mime: bool = True,
+    smtputf8: bool = False,
 ) -> Iterator[SmtpServer]:
-    handler = RecordingHandler(refuse=dict(refuse or {}))
+    handler = RecordingHandler(refuse=dict(refuse or {}), eight_bit_mime=eight_bit_mime)
     attempts: list[tuple[str, str]] = []
     kwargs: dict[str, Any] = {}
     if users is not None:
@@ -130,6 +178,7 @@ def smtp_server(
         ssl_context=implicit_tls,
         server_hostname="smtp.test",  # aiosmtpd would otherwise look up its FQDN
         ready_timeout=5.0,
+        enable_SMTPUTF8=smtputf8,
         **kwargs,
     )
     controller.start()
@@ -165,3 +214,78 @@ def smtp_config(port: int, **overrides: object) -> dict[str, object]:
         "from_name": "Pulse Alerts",
         **overrides,
     }
+
+
+@dataclass
+class TricklingPeer:
+    """A raw SMTP peer on 127.0.0.1 that drags a reply out one byte at a time (see trickling_server)."""
+
+    port: int
+    data_received: int = 0  # messages whose DATA ended (the "." line) before the trickle
+    closed_by_client: threading.Event = field(default_factory=threading.Event)
+
+
+@contextmanager
+def trickling_server(*, after: str = "connect", interval: float = 0.2) -> Iterator[TricklingPeer]:
+    """A peer that answers normally until ``after`` ("connect": the greeting; "data": the reply to
+    the end of DATA), then sends that reply one byte every ``interval`` seconds, without end.
+    ``closed_by_client`` is set once the client shut the connection."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(4)
+    peer = TricklingPeer(port=int(listener.getsockname()[1]))
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        conn.settimeout(interval)
+        while not stop.is_set():
+            try:
+                conn.sendall(b"2")
+                if conn.recv(1) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        peer.closed_by_client.set()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            if after == "connect":
+                return trickle(conn)
+            conn.sendall(b"220 trickle.test ESMTP\r\n")
+            reader = conn.makefile("rb")
+            while not stop.is_set():
+                line = reader.readline()
+                if not line:
+                    peer.closed_by_client.set()
+                    return
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    while reader.readline() not in (b".\r\n", b""):
+                        pass
+                    peer.data_received += 1
+                    return trickle(conn)
+                conn.sendall(b"221 bye\r\n" if verb == b"QUIT" else b"250 ok\r\n")
+        return None
+
+    def accept() -> None:
+        listener.settimeout(0.1)  # so that the loop sees ``stop``: close() does not wake accept()
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield peer
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        listener.close()

@@ -1,0 +1,163 @@
+"""A production install works: the real worker, run from a venv built from requirements.txt alone,
+delivers through every channel into real local receivers (SNMPv3 authPriv included).
+
+`make test` builds that venv (.venv-runtime: `pip install -r requirements.txt` and
+`pip install --no-deps -e .`) and names it in TEST_RUNTIME_VENV. Without it the test is skipped
+locally and fails under CI, so a runtime dependency that only the dev tools pull in fails CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.processes import worker_env
+from tests.rows import execute, insert_channel, insert_notification_job
+from tests.servers import snmptrapd_runtime
+from tests.servers.http import RecordingServer
+from tests.servers.mqtt_subscriber import Subscriber
+from tests.servers.smtp import smtp_config, smtp_server
+from tests.servers.snmptrapd_runtime import TrapdUser, snmptrapd
+from tests.support import SAMPLE_PAYLOAD
+
+RUNTIME_VENV_ENV = "TEST_RUNTIME_VENV"
+DEV_ONLY = ("pytest", "trustme", "aiosmtpd", "responses", "standardwebhooks")
+V3_USER = TrapdUser(
+    name="smoke",
+    engine_id="0x80001f8804736d6f6b65",
+    auth_password="smoke-auth-pass",
+    priv_password="smoke-priv-pass",
+)
+TRAP_OPEN = ".1.3.6.1.4.1.99999.0.1"
+
+# Every runtime module, imported by the runtime venv's interpreter: a missing import fails here by name.
+IMPORT_EVERYTHING = """
+import importlib, pkgutil, sys
+import channels, delivery_worker
+names = []
+for package in (channels, delivery_worker):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+            names.append(module.name)
+# pysnmp imports these lazily, only when SNMPv3 privacy is used.
+import cryptography.hazmat.primitives.ciphers
+from pysnmp.proto.secmod.rfc3826.priv import aes
+from pysnmp.proto.secmod.rfc3414.priv import des
+print(len(names))
+"""
+
+
+@pytest.fixture(scope="module")
+def runtime_venv() -> Path:
+    configured = os.environ.get(RUNTIME_VENV_ENV, "")
+    if not configured:
+        if os.environ.get("CI"):
+            pytest.fail(f"${RUNTIME_VENV_ENV} is not set: run the tests with `make test` (see docs/ci.md)")
+        pytest.skip(f"${RUNTIME_VENV_ENV} is not set (`make test` sets it)")
+    venv = Path(configured)
+    assert (venv / "bin" / "delivery-worker").is_file(), f"{venv} holds no delivery-worker: rebuild it"
+    if not snmptrapd_runtime.available():
+        if os.environ.get("CI"):
+            pytest.fail("snmptrapd is not installed: .ci/ensure-tools installs it")
+        pytest.skip("snmptrapd is not installed (apt-get install snmptrapd)")
+    return venv
+
+
+def run_in(venv: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+    result = subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]],
+        env=env or {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_the_runtime_venv_holds_no_dev_tool_and_imports_every_module(runtime_venv: Path) -> None:
+    for name in DEV_ONLY:
+        found = subprocess.run(
+            [str(runtime_venv / "bin" / "python"), "-c", f"import {name}"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert found.returncode != 0, f"{name} (a dev tool) is in {runtime_venv}: not a runtime venv"
+    assert int(run_in(runtime_venv, "python", "-c", IMPORT_EVERYTHING)) > 20
+
+
+def test_every_channel_delivers_from_the_runtime_install(
+    runtime_venv: Path, database: str, http_server: RecordingServer, tmp_path: Path
+) -> None:
+    topic = f"smoke/{uuid.uuid4().hex[:10]}"
+    subscriber = Subscriber()
+    subscriber.subscribe(topic)
+    try:
+        with (
+            smtp_server() as smtp,
+            snmptrapd(tmp_path, community="public", users=[V3_USER]) as trapd,
+        ):
+            snmp = {"host": "127.0.0.1", "port": trapd.port}
+            channels = {
+                "slack": {"webhook_url": http_server.url("/slack")},
+                "teams": {"webhook_url": http_server.url("/teams")},
+                "pagerduty": {"integration_key": "R0UT1NGKEY0000000000000000000000"},
+                "webhook": {"url": http_server.url("/webhook")},
+                "email": {"smtp": smtp_config(smtp.port), "recipients": {"to": ["oncall@acme.test"]}},
+                "mqtt": {"broker_url": "mqtt://127.0.0.1:1883", "topic": topic, "qos": 1},
+                "snmp v2c": {**snmp, "version": "2c", "community": "public"},
+                "snmp v3 authPriv": {
+                    **snmp,
+                    "version": "3",
+                    "username": V3_USER.name,
+                    "auth_protocol": "SHA",
+                    "auth_password": V3_USER.auth_password,
+                    "priv_protocol": "AES",
+                    "priv_password": V3_USER.priv_password,
+                    "engine_id": V3_USER.engine_id,
+                },
+            }
+            jobs, alert_ids = {}, {}
+            for number, (label, config) in enumerate(channels.items()):
+                channel_id = insert_channel(database, label.split()[0], config)
+                alert_ids[label] = 770_000 + number
+                payload = {**SAMPLE_PAYLOAD, "alert_id": alert_ids[label]}
+                payload["message"] = f"smoke {label} — Überhitzung"
+                jobs[label] = insert_notification_job(
+                    database, channel_id, payload, alert_id=alert_ids[label]
+                )
+
+            env = worker_env(database, pagerduty_events_url=http_server.url("/v2/enqueue"))
+            run_in(runtime_venv, "delivery-worker", "--config", "/dev/null", "run", "--drain", env=env)
+
+            rows = execute(database, "SELECT job_id, status, last_error FROM notification_jobs")
+            outcome = {row["job_id"]: (row["status"], row["last_error"]) for row in rows}
+            assert {label: outcome[job_id] for label, job_id in jobs.items()} == {
+                label: ("COMPLETED", None) for label in jobs
+            }
+            # The alert id is a varbind (pulseAlertId): each trap arrived, decoded, from its own job.
+            trapd.wait_for("SNMP v2c, community public", TRAP_OPEN, f'"{alert_ids["snmp v2c"]}"')
+            v3_id = alert_ids["snmp v3 authPriv"]
+            trapd.wait_for(f"SNMP v3, user {V3_USER.name}", TRAP_OPEN, f'"{v3_id}"')
+            assert len(trapd.traps()) == 2
+            (mail,) = smtp.messages
+        assert "smoke email" in mail.strict_message().get_content()
+        assert json.loads(subscriber.get().payload)["message"] == "smoke mqtt — Überhitzung"
+    finally:
+        subscriber.close()
+    for path, needle in [
+        ("/slack", "smoke slack"),
+        ("/teams", "smoke teams"),
+        ("/v2/enqueue", "smoke pagerduty"),
+        ("/webhook", "smoke webhook"),
+    ]:
+        (request,) = http_server.received(path)
+        assert needle in request.body.decode(), (path, request.body)
