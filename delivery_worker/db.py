@@ -143,6 +143,8 @@ class BoundedConnection(psycopg2.extensions.connection):
             super().commit()
 
     def rollback(self) -> None:
+        if self.closed:  # the server rolls back a dropped session itself; keep the original error
+            return
         with answered_in_time(self):
             super().rollback()
 
