@@ -124,13 +124,17 @@ def run_worker(
     signals = StopSignals(stopping)
     if threading.current_thread() is threading.main_thread():
         signals.install()  # before the wait for the database, so SIGTERM ends it
-    if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain):
-        signals.log_received()
-        log.info("worker.stopped", reason="signal while waiting for the database")
-        return
     registry = build_registry(settings, pool_size=settings.worker.threads)
     monitoring: Monitoring | None = None
     try:
+        address = listen_address(settings, environment)
+        if address is not None:  # listen first: /healthz says 503 (and why) while the database is awaited
+            monitoring = Monitoring(settings, address, registry.types)
+            monitoring.start()
+        if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain):
+            signals.log_received()
+            log.info("worker.stopped", reason="signal while waiting for the database")
+            return
         observers: list[PollObserver] = [
             signals,
             SystemdObserver(
@@ -141,11 +145,8 @@ def run_worker(
                 stopping=stopping,
             ),
         ]
-        address = listen_address(settings, environment)
-        if address is not None:
-            monitoring = Monitoring(settings, address, registry.types)
+        if monitoring is not None:
             observers.append(monitoring.metrics)
-            monitoring.start()
         deliverer = Deliverer(
             registry,
             RetryPolicy.from_settings(settings.worker),
