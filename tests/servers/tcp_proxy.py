@@ -41,6 +41,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 5 s was for connecting: a quiet session is not a dead one
             with self.lock:
                 self.sockets.update({client, upstream})
             for source, sink in ((client, upstream), (upstream, client)):
