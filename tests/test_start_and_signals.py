@@ -7,8 +7,13 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+from structlog.testing import capture_logs
+
+from delivery_worker import startup
+from delivery_worker.systemd import Notifier
 from tests.processes import STARTED, start_worker, wait_until, worker_env
 from tests.rows import execute, insert_channel, insert_notification_job, job
 from tests.servers.http import Reply
@@ -126,3 +131,33 @@ def test_healthz_answers_503_with_the_reason_while_the_database_is_awaited(datab
     assert status == 503
     assert json.loads(body)["database"].startswith("cannot connect to")
     assert worker.returncode == 0
+
+
+def test_database_waiting_is_logged_at_once_then_at_most_once_a_minute(monkeypatch):
+    """Clock steps 30 s per failed try: tries 1, 3 and 5 are logged; systemd hears of every try."""
+    monkeypatch.setattr(startup, "FIRST_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(startup, "MAX_RETRY_SECONDS", 0.001)
+    stopping = threading.Event()
+    sent: list[str] = []
+
+    class CountingNotifier(Notifier):
+        def notify(self, *lines: str) -> None:
+            sent.extend(lines)
+            if sum(line.startswith("EXTEND_TIMEOUT_USEC=") for line in sent) == 5:
+                stopping.set()
+
+    ticks = iter(range(0, 10_000, 30))
+    with capture_logs() as logs:
+        conn = startup.wait_for_database(
+            f"postgresql://root@127.0.0.1:{free_port()}/x",
+            stopping,
+            CountingNotifier(None),
+            clock=lambda: float(next(ticks)),
+        )
+
+    assert conn is None
+    waiting = [entry for entry in logs if entry["event"] == "database.waiting"]
+    assert [entry["attempts"] for entry in waiting] == [1, 3, 5]
+    assert [entry["waited_s"] for entry in waiting] == [0.0, 60.0, 120.0]
+    assert "Connection refused" in waiting[0]["error"]
+    assert sent.count("STATUS=waiting for the database") == 5
