@@ -170,6 +170,7 @@ def run_worker(
         if monitoring is not None:
             monitoring.stop()
         registry.close()
+        signals.uninstall()
     log.info("worker.stopped", reason="drained" if drain and not stopping.is_set() else "signal")
     if abandoned:
         # Threads stuck in network I/O cannot be interrupted; their jobs are already put back.

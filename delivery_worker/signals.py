@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -35,11 +36,18 @@ class StopSignals:
         self.wakes: list[threading.Event] = []
         self.received: str | None = None
         self._logged = False
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> StopSignals:
         for signum in STOP_SIGNALS:
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def uninstall(self) -> None:
+        """Put back the handlers found at install (a process that runs the worker more than once)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def also_wake(self, event: threading.Event) -> None:
         self.wakes.append(event)
