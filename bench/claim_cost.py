@@ -37,7 +37,7 @@ from bench.common import (
     verdict,
 )
 from delivery_worker.config import load_settings
-from delivery_worker.db import Connection, connect, transaction
+from delivery_worker.db import OPERATOR_SESSION, Connection, connect, transaction
 from delivery_worker.jobs import Job, Outcome, Verdict
 from delivery_worker.queues import JobQueue, build_queues
 
@@ -112,7 +112,7 @@ def add_history(dsn: str, ids: dict[str, object], *, first: int, count: int) -> 
 def settle(dsn: str) -> None:
     """VACUUM ANALYZE (as autovacuum would have by then, and so that it does not start during the
     measurement), then a CHECKPOINT so that the history's WAL is not flushed while timing."""
-    conn = connect(dsn)
+    conn = connect(dsn, session=OPERATOR_SESSION)  # VACUUM of 1M rows outlasts a worker statement_timeout
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

@@ -12,7 +12,8 @@ import structlog
 
 from delivery_worker import __version__
 from delivery_worker.config import ConfigError, Settings, load_settings, redacted_view
-from delivery_worker.db import DatabaseRejected, DatabaseUnavailable, connect
+from delivery_worker.db import OPERATOR_SESSION, DatabaseRejected, DatabaseUnavailable, connect
+from delivery_worker.lease_check import lease_problem
 from delivery_worker.logs import configure_logging
 from delivery_worker.ops import prune, requeue, send_test, stats
 
@@ -85,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in OPERATOR_COMMANDS:
         return operator_command(settings, args)
+    if args.command in ("check-config", "run") and (problem := lease_problem(settings.worker)):
+        print(f"delivery-worker: config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "check-config":
         return check_config(settings)
     if args.command == "migrate":
@@ -105,7 +109,7 @@ def migrate(settings: Settings, *, create_database: bool) -> int:
     try:
         if create_database and create_database_if_missing(dsn):
             print("created database")
-        conn = connect(dsn)
+        conn = connect(dsn, session=OPERATOR_SESSION)
         try:
             applied = apply_migrations(conn)
         finally:

@@ -229,7 +229,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "backoff_max_seconds": ("7200", _float(0)),
         "quick_retries": ("2", _int(0, 10)),
         "quick_retry_budget_seconds": ("10", _float(0)),
-        "job_timeout_seconds": ("120", _float(1)),
+        "job_timeout_seconds": ("60", _float(1)),
         "lease_seconds": ("300", _float(1)),
         "shutdown_timeout": ("25", _float(0)),
     },

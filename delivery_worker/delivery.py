@@ -2,6 +2,9 @@
 
 This is the job boundary: every exception a job can raise ends here as an ``Outcome`` with a readable,
 secret-free error, and one log line per job says what happened.
+
+Each attempt gets one wall-clock deadline (``attempt_deadline``: now + ``[worker] job_timeout_seconds``)
+carried by the ``Delivery``: channels cut their connection at it, quick retries never wait past it.
 """
 
 from __future__ import annotations
@@ -89,7 +92,13 @@ class Deliverer:
         secrets.update(config.secrets())
         payload = decode_payload(job.payload)
         alert = alert_from_payload(payload, tenant_id=job.tenant_id, alert_id=job.alert_id, event=job.event)
-        delivery = Delivery(key=job.key, tenant_id=job.tenant_id, alert=alert, payload=payload)
+        delivery = Delivery(
+            key=job.key,
+            tenant_id=job.tenant_id,
+            alert=alert,
+            payload=payload,
+            deadline=self.attempt_deadline(),
+        )
         kind, where = destination.channel_type, config.destination()
         self.guard.admit(kind, where)
         try:
@@ -109,10 +118,14 @@ class Deliverer:
         self.guard.succeeded(kind, where)
         return receipt
 
+    def attempt_deadline(self) -> float:
+        """The deadline of an attempt starting now; every kind of send (one job, a digest) uses it."""
+        return self.policy.attempt_deadline()
+
     def _send_with_quick_retries(
         self, channel: Channel, config: ChannelConfig, delivery: Delivery
     ) -> Receipt:
-        for attempt in self.policy.quick_retrying(self.stopping):
+        for attempt in self.policy.quick_retrying(self.stopping, deadline=delivery.deadline):
             with attempt:
                 return channel.send(config, delivery)
         raise AssertionError("unreachable: tenacity re-raises the last error")

@@ -16,19 +16,24 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import psycopg2
 import structlog
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 
+from delivery_worker.bounded_http import BoundedHTTPServer
 from delivery_worker.config import redact_dsn
-from delivery_worker.db import APPLICATION_NAME, Connection
+from delivery_worker.db import APPLICATION_NAME, PROBE_SESSION, Connection, DatabaseUnavailable, connect
 
 log = structlog.get_logger("delivery_worker.health")
 
 DATABASE_TIMEOUT_SECONDS = 2
+HANDLER_THREADS = 4
+MAX_CONNECTIONS = 64
+IDLE_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 5.0
 MIN_STALE_AFTER_SECONDS = 30.0
 
 
@@ -75,22 +80,24 @@ class HealthCheck:
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    # Not db.connect: a probe needs a shorter connect timeout and a statement timeout.
-                    self._conn = psycopg2.connect(
+                    # A probe's own short limits: it must answer within seconds whatever the database does.
+                    self._conn = connect(
                         self.dsn,
+                        session=PROBE_SESSION,
                         application_name=f"{APPLICATION_NAME} healthz",
                         connect_timeout=DATABASE_TIMEOUT_SECONDS,
-                        options=f"-c statement_timeout={DATABASE_TIMEOUT_SECONDS * 1000}",
                     )
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
                     cur.execute("SELECT 1")
                     cur.fetchone()
                 return "ok"
+            except DatabaseUnavailable as exc:  # connect() already names host and port, password masked
+                return str(exc)
             except psycopg2.Error as exc:
                 self._close()
                 lines = str(exc).strip().splitlines() or [type(exc).__name__]
-                return redact_dsn(lines[0].strip())  # libpq's first line names host, port and cause
+                return redact_dsn(lines[0].strip())
 
     def close(self) -> None:
         with self._lock:
@@ -103,15 +110,24 @@ class HealthCheck:
 
 
 class HealthServer:
-    """A ThreadingHTTPServer on a daemon thread. Port 0 picks a free port (see ``port``)."""
+    """A BoundedHTTPServer on a daemon thread. Port 0 picks a free port (see ``port``).
+
+    Scrapes and probes are small and rare: HANDLER_THREADS threads answer them, at most
+    MAX_CONNECTIONS sockets are open at once, and a socket that sends nothing for IDLE_SECONDS (or
+    waits READ_TIMEOUT_SECONDS for its next bytes) is closed."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry, health: HealthCheck) -> None:
         self.health = health
-        self.httpd = ThreadingHTTPServer((host, port), _handler(registry, health))
-        self.httpd.daemon_threads = True
+        self.httpd = BoundedHTTPServer(
+            (host, port),
+            _handler(registry, health),
+            threads=HANDLER_THREADS,
+            max_connections=MAX_CONNECTIONS,
+            idle_timeout=IDLE_SECONDS,
+        )
         self.port: int = self.httpd.server_address[1]
         self.host = host
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="health-http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve, name="health-http", daemon=True)
 
     def start(self) -> HealthServer:
         self._thread.start()
@@ -119,15 +135,17 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        if self._thread.is_alive():  # shutdown() would wait forever for a loop that never ran
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        if self._thread.is_alive():
+            self.httpd.stop()
+        else:  # never started: nothing to wait for
+            self.httpd.server_close()
         self.health.close()
 
 
 def _handler(registry: CollectorRegistry, health: HealthCheck) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "delivery-worker"
+        timeout = READ_TIMEOUT_SECONDS  # per read of the request: a silent client is dropped
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

@@ -4,11 +4,16 @@ Durable backoff (shared/schema-contract.md): after a failed attempt, if ``attemp
 max_attempts`` the job is FAILED, otherwise PENDING again after ``min(base * 2**attempts, max)``
 seconds. A receiver's Retry-After replaces that delay, capped by ``max``. Before a failure counts,
 a transient error is retried a few times in-process with jittered waits inside a short budget.
+
+One attempt, quick retries included, ends by a wall-clock deadline (``[worker] job_timeout_seconds``):
+channels cut their connection at it, and a quick retry whose wait would reach it is not taken.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tenacity
@@ -19,6 +24,8 @@ from delivery_worker.jobs import Verdict
 
 QUICK_WAIT_INITIAL = 0.2
 QUICK_WAIT_MAX = 2.0
+# A quick retry needs at least this long before the attempt's deadline to be worth starting.
+QUICK_RETRY_MIN_WINDOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class RetryPolicy:
     backoff_max_seconds: float
     quick_retries: int
     quick_retry_budget_seconds: float
+    attempt_timeout_seconds: float = 60.0  # [worker] job_timeout_seconds: the whole attempt's wall clock
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings) -> RetryPolicy:
@@ -37,7 +45,12 @@ class RetryPolicy:
             backoff_max_seconds=worker.backoff_max_seconds,
             quick_retries=worker.quick_retries,
             quick_retry_budget_seconds=worker.quick_retry_budget_seconds,
+            attempt_timeout_seconds=worker.job_timeout_seconds,
         )
+
+    def attempt_deadline(self, clock: Callable[[], float] = time.monotonic) -> float:
+        """The ``time.monotonic()`` by which an attempt starting now must have ended."""
+        return clock() + self.attempt_timeout_seconds
 
     def backoff_seconds(self, attempts: int) -> float:
         """The contract's delay after a failure when ``attempts`` attempts had finished before it."""
@@ -54,9 +67,15 @@ class RetryPolicy:
         return Verdict.RETRY, delay
 
     def quick_retrying(
-        self, stopping: threading.Event, *, sleep: tenacity.sleep_using_event | None = None
+        self,
+        stopping: threading.Event,
+        *,
+        deadline: float | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> tenacity.Retrying:
-        """Tenacity loop for one attempt: retries TransientErrors whose Retry-After fits the budget."""
+        """Tenacity loop for one attempt: retries TransientErrors whose Retry-After fits the budget,
+        and never waits past ``deadline`` (a ``time.monotonic()`` value; None: no deadline)."""
 
         def retryable(state: tenacity.RetryCallState) -> bool:
             if state.outcome is None or not state.outcome.failed:
@@ -72,8 +91,23 @@ class RetryPolicy:
                 tenacity.stop_after_attempt(self.quick_retries + 1)
                 | tenacity.stop_after_delay(self.quick_retry_budget_seconds)
                 | tenacity.stop_when_event_set(stopping)
+                | StopBeforeDeadline(deadline, clock)
             ),
             wait=tenacity.wait_random_exponential(multiplier=QUICK_WAIT_INITIAL, max=QUICK_WAIT_MAX),
             sleep=sleep or tenacity.sleep_using_event(stopping),
             reraise=True,
         )
+
+
+class StopBeforeDeadline(tenacity.stop.stop_base):
+    """Stop when the wait before the next try would leave less than QUICK_RETRY_MIN_WINDOW before
+    the deadline: a retry that cannot finish in time would only be cut."""
+
+    def __init__(self, deadline: float | None, clock: Callable[[], float]) -> None:
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self.deadline is None:
+            return False
+        return self.clock() + retry_state.upcoming_sleep + QUICK_RETRY_MIN_WINDOW >= self.deadline

@@ -1,44 +1,40 @@
 """Assembling a running worker: settings → channels → deliverer → poller, plus what watches it.
 
-Around the poll loop: signal handling, the systemd notifications (READY, STOPPING, WATCHDOG) and,
-when a port is configured, the metrics and health listener. What the process manager passes through
-the environment (``$PORT``, ``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``) is read here, once, at start.
+Around the poll loop: signal handling (signals.py), waiting for the database at start (startup.py),
+the systemd notifications (READY, STOPPING, WATCHDOG) and, when a port is configured, the metrics and
+health listener. What the process manager passes through the environment (``$PORT``,
+``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``) is read here, once, at start.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import FrameType
 
 import structlog
 
 from channels.registry import build_registry
 from delivery_worker.config import Settings
-from delivery_worker.db import DatabaseUnavailable, connect
+from delivery_worker.db import DatabaseUnavailable
 from delivery_worker.delivery import Deliverer
 from delivery_worker.destinations import DestinationGuard
 from delivery_worker.health import HealthCheck, HealthServer, staleness_bound
 from delivery_worker.metrics import QueueSampler, WorkerMetrics
-from delivery_worker.migrate import pending_migrations
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.poller import Poller
-from delivery_worker.privileges import MissingPrivileges, check_run_privileges
+from delivery_worker.privileges import MissingPrivileges
 from delivery_worker.queues import build_queues
 from delivery_worker.retry import RetryPolicy
+from delivery_worker.signals import StopSignals
+from delivery_worker.startup import SchemaNotReady, connect_and_check
 from delivery_worker.systemd import Notifier, SystemdObserver, watchdog_interval
 
 log = structlog.get_logger("delivery_worker.service")
 
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - $PORT platforms route to the dyno/container from outside
-
-
-class SchemaNotReady(Exception):
-    """Raised when the database lacks migrations this worker needs."""
 
 
 class CannotListen(Exception):
@@ -79,34 +75,6 @@ def listen_address(settings: Settings, environment: ProcessEnvironment) -> tuple
     return None
 
 
-def check_schema(dsn: str) -> None:
-    conn = connect(dsn)
-    try:
-        missing = pending_migrations(conn)
-        if missing:
-            raise SchemaNotReady(
-                f"database schema is not up to date (missing {', '.join(missing)}): "
-                "run `delivery-worker migrate`"
-            )
-        check_run_privileges(conn)
-    finally:
-        conn.close()
-
-
-def install_signal_handlers(stopping: threading.Event, wake: threading.Event) -> None:
-    """First SIGTERM/SIGINT: stop claiming and finish in-flight jobs. Second: exit at once."""
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        if stopping.is_set():
-            os.write(2, b"delivery-worker: second signal, exiting now\n")
-            os._exit(1)
-        stopping.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
 class Monitoring:
     """The metrics, the thread sampling queue depth, and the HTTP listener serving both."""
 
@@ -145,31 +113,40 @@ def run_worker(
     """Run until a signal (or, with drain, until the queues are empty).
 
     ``environment`` defaults to this process's environment. ``stopping``, when given, lets the
-    caller stop the worker as a signal would. Raises DatabaseUnavailable, SchemaNotReady or
-    CannotListen when it cannot start.
+    caller stop the worker as a signal would. An unreachable database is waited for (a signal
+    ends the wait); with ``drain`` it raises DatabaseUnavailable at once instead. Raises
+    SchemaNotReady, MissingPrivileges or CannotListen when it cannot start.
     """
     if environment is None:
         environment = ProcessEnvironment.read(os.environ)
-    check_schema(settings.database.dsn)
     stopping = stopping or threading.Event()
     notifier = Notifier(environment.notify_socket)
+    signals = StopSignals(stopping)
+    if threading.current_thread() is threading.main_thread():
+        signals.install()  # before the wait for the database, so SIGTERM ends it
     registry = build_registry(settings, pool_size=settings.worker.threads)
     monitoring: Monitoring | None = None
     try:
+        address = listen_address(settings, environment)
+        if address is not None:  # listen first: /healthz says 503 (and why) while the database is awaited
+            monitoring = Monitoring(settings, address, registry.types)
+            monitoring.start()
+        if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain):
+            signals.log_received()
+            log.info("worker.stopped", reason="signal while waiting for the database")
+            return
         observers: list[PollObserver] = [
+            signals,
             SystemdObserver(
                 notifier,
                 ping_every=watchdog_interval(
                     environment.watchdog_usec, environment.watchdog_pid, os.getpid()
                 ),
                 stopping=stopping,
-            )
+            ),
         ]
-        address = listen_address(settings, environment)
-        if address is not None:
-            monitoring = Monitoring(settings, address, registry.types)
+        if monitoring is not None:
             observers.append(monitoring.metrics)
-            monitoring.start()
         deliverer = Deliverer(
             registry,
             RetryPolicy.from_settings(settings.worker),
@@ -177,8 +154,7 @@ def run_worker(
             DestinationGuard(settings.rate_limits, settings.circuit_breaker),
         )
         poller = Poller(settings, build_queues(settings), deliverer, stopping, observer=Observers(*observers))
-        if threading.current_thread() is threading.main_thread():
-            install_signal_handlers(stopping, poller.wake)
+        signals.also_wake(poller.wake)
         log.info(
             "worker.started",
             threads=settings.worker.threads,
@@ -194,6 +170,7 @@ def run_worker(
         if monitoring is not None:
             monitoring.stop()
         registry.close()
+        signals.uninstall()
     log.info("worker.stopped", reason="drained" if drain and not stopping.is_set() else "signal")
     if abandoned:
         # Threads stuck in network I/O cannot be interrupted; their jobs are already put back.

@@ -20,7 +20,7 @@ from typing import Any
 from psycopg2 import sql
 
 from delivery_worker.config import Settings
-from delivery_worker.db import Connection, connect, transaction
+from delivery_worker.db import OPERATOR_SESSION, Connection, connect, transaction
 from delivery_worker.jobs import Table
 from delivery_worker.ops.output import (
     EXIT_OK,
@@ -114,7 +114,7 @@ def _batch_size(text: str) -> int:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     cutoff = datetime.now(UTC) - args.older_than
     tables = selected_tables(args.table)
-    conn = connect(settings.database.dsn)
+    conn = connect(settings.database.dsn, session=OPERATOR_SESSION)
     try:
         if args.dry_run:
             results = {table.value: count_prunable(conn, table, cutoff) for table in tables}

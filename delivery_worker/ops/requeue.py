@@ -18,7 +18,7 @@ from typing import Any
 from psycopg2 import sql
 
 from delivery_worker.config import Settings
-from delivery_worker.db import Connection, connect, transaction
+from delivery_worker.db import OPERATOR_SESSION, Connection, connect, transaction
 from delivery_worker.jobs import Table
 from delivery_worker.ops.output import (
     EXIT_OK,
@@ -142,7 +142,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"delivery-worker requeue: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    conn = connect(settings.database.dsn)
+    conn = connect(settings.database.dsn, session=OPERATOR_SESSION)
     try:
         jobs = requeue(conn, selection, dry_run=args.dry_run)
     finally:

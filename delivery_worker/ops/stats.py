@@ -13,7 +13,7 @@ from typing import Any
 from psycopg2 import sql
 
 from delivery_worker.config import Settings
-from delivery_worker.db import Connection, connect, transaction
+from delivery_worker.db import OPERATOR_SESSION, Connection, connect, transaction
 from delivery_worker.jobs import Status, Table
 from delivery_worker.ops.output import (
     EXIT_OK,
@@ -81,7 +81,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     since = datetime.now(UTC) - args.window
-    conn = connect(settings.database.dsn)
+    conn = connect(settings.database.dsn, session=OPERATOR_SESSION)
     try:
         report = collect(conn, since)
     finally:

@@ -1,0 +1,103 @@
+"""Getting to READY: wait for an unreachable database, then check its schema and grants.
+
+After a reboot or a failover the database is often not there yet. Exiting would hand the retry to
+the process manager (and systemd gives up after its start limit), so the worker waits itself, with
+backoff, logging ``database.waiting`` at once and then at most every ``WAITING_LOG_SECONDS``, and
+keeps systemd's start timeout extended while it does. A schema that is not migrated or a missing
+GRANT is different: a human must act, so it stays one loud line and exit 1 (see docs/operations-start.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from delivery_worker.db import CONNECT_TIMEOUT_SECONDS, Connection, DatabaseUnavailable, connect
+from delivery_worker.migrate import pending_migrations
+from delivery_worker.privileges import check_run_privileges
+from delivery_worker.systemd import Notifier
+
+log = structlog.get_logger("delivery_worker.startup")
+
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 15.0
+WAITING_LOG_SECONDS = 60.0
+
+
+class SchemaNotReady(Exception):
+    """Raised when the database lacks migrations this worker needs."""
+
+
+def wait_for_database(
+    dsn: str,
+    stopping: threading.Event,
+    notifier: Notifier,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Connection | None:
+    """A connection once the database answers, or None if ``stopping`` was set first."""
+    delay = FIRST_RETRY_SECONDS
+    since: float | None = None
+    next_log = 0.0
+    attempts = 0
+    while not stopping.is_set():
+        attempts += 1
+        try:
+            conn = connect(dsn)
+        except DatabaseUnavailable as exc:
+            now = clock()
+            if since is None:
+                since = now
+            if now >= next_log:
+                next_log = now + WAITING_LOG_SECONDS
+                log.warning(
+                    "database.waiting",
+                    error=str(exc),
+                    attempts=attempts,
+                    waited_s=round(now - since, 1),
+                    retry_in_s=delay,
+                )
+            # Keep systemd's start job alive while we wait (it would kill a silent start at TimeoutStartSec).
+            extend_usec = int((delay + CONNECT_TIMEOUT_SECONDS + 5) * 1_000_000)
+            notifier.notify("STATUS=waiting for the database", f"EXTEND_TIMEOUT_USEC={extend_usec}")
+            stopping.wait(delay)
+            delay = min(delay * 2, MAX_RETRY_SECONDS)
+            continue
+        if since is not None:
+            log.info("database.connected", waited_s=round(clock() - since, 1), attempts=attempts)
+        return conn
+    return None
+
+
+def check_schema(conn: Connection) -> None:
+    """Raise SchemaNotReady or MissingPrivileges (one line each) unless this worker can run."""
+    missing = pending_migrations(conn)
+    if missing:
+        raise SchemaNotReady(
+            f"database schema is not up to date (missing {', '.join(missing)}): run `delivery-worker migrate`"
+        )
+    check_run_privileges(conn)
+
+
+def connect_and_check(dsn: str, stopping: threading.Event, notifier: Notifier, *, wait: bool) -> bool:
+    """Wait for the database (or, without ``wait``, try once) and check it. False: stopped while waiting.
+
+    Raises DatabaseUnavailable (only without ``wait``), SchemaNotReady or MissingPrivileges."""
+    while True:
+        conn = wait_for_database(dsn, stopping, notifier) if wait else connect(dsn)
+        if conn is None:
+            return False
+        try:
+            check_schema(conn)
+            return True
+        except DatabaseUnavailable as exc:
+            if not wait:
+                raise
+            # Lost between connecting and checking (a failover in progress): wait again.
+            log.warning("database.waiting", error=str(exc), stage="schema check")
+            stopping.wait(MAX_RETRY_SECONDS)
+        finally:
+            conn.close()
