@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from channels import snmp
+from channels import snmp, snmp_engine
 from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient
@@ -311,7 +311,7 @@ def test_unresolvable_host_is_transient(monkeypatch: pytest.MonkeyPatch, channel
         asked.append(host)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(snmp.socket, "getaddrinfo", no_such_host)
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     config = channel.parse_config({"host": "nms.example.invalid", "community": COMMUNITY})
 
     with pytest.raises(TransientError) as caught:
@@ -327,7 +327,7 @@ def test_slow_resolver_is_cut_off_at_the_timeout(monkeypatch: pytest.MonkeyPatch
         release.wait(5)
         return "127.0.0.1", False
 
-    monkeypatch.setattr(snmp, "resolve_host", hanging_resolver)
+    monkeypatch.setattr(snmp_engine, "resolve_host", hanging_resolver)
     channel = make_channel(timeout=0.3)
     try:
         started = time.monotonic()
@@ -352,7 +352,7 @@ def test_host_names_are_resolved(
         asked.append(host)
         return [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", ("127.0.0.1", port))]
 
-    monkeypatch.setattr(snmp.socket, "getaddrinfo", loopback)
+    monkeypatch.setattr(socket, "getaddrinfo", loopback)
     receipt = channel.send(channel.parse_config(v2c(rx, host="nms.example.com")), make_delivery())
 
     assert asked == ["nms.example.com"]
