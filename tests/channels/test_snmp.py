@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from channels import snmp, snmp_engine
+from channels import snmp, snmp_engine, snmp_trap
 from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient
@@ -101,7 +101,7 @@ def expected_varbinds(prefix: str = DEFAULT_OID_PREFIX, **overrides: Any) -> dic
         "event": "OPEN",
         **overrides,
     }
-    return {f"{prefix}.1.{index}": values[column] for index, column in enumerate(OBJECT_COLUMNS, start=1)}
+    return {f"{prefix}.1.{index}.0": values[column] for index, column in enumerate(OBJECT_COLUMNS, start=1)}
 
 
 def assert_layout(trap: ReceivedTrap, *, prefix: str = DEFAULT_OID_PREFIX, cleared: bool = False) -> None:
@@ -109,7 +109,7 @@ def assert_layout(trap: ReceivedTrap, *, prefix: str = DEFAULT_OID_PREFIX, clear
     assert names[:2] == [SYS_UPTIME, SNMP_TRAP_OID]
     assert isinstance(trap.uptime, int)
     assert trap.trap_oid == f"{prefix}.0.{2 if cleared else 1}"
-    assert names[2:] == [f"{prefix}.1.{index}" for index in range(1, 11)]
+    assert names[2:] == [f"{prefix}.1.{index}.0" for index in range(1, 11)]
 
 
 # --- real traps ----------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_trap_oid_tells_cleared_alerts_apart(
 
     trap = rx.wait_for_traps(1)[0]
     assert_layout(trap, cleared=cleared)
-    assert trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.10"] == event
+    assert trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.10.0"] == event
 
 
 CUSTOM_PREFIX = "1.3.6.1.4.1.424242.7"
@@ -169,13 +169,32 @@ def test_missing_values_are_empty_and_unknown_severity_is_minus_one(
     )
 
 
+@pytest.mark.parametrize("severity", [-1, -7, "-3", "severe"])
+def test_negative_or_unknown_severity_is_labelled_unknown_not_low(
+    channel: SnmpChannel, rx: SnmpReceiver, severity: Any
+) -> None:
+    channel.send(channel.parse_config(v2c(rx)), make_delivery({**SAMPLE_PAYLOAD, "severity": severity}))
+
+    values = rx.wait_for_traps(1)[0].varbinds
+    assert values[f"{DEFAULT_OID_PREFIX}.1.4.0"] == -1
+    assert values[f"{DEFAULT_OID_PREFIX}.1.5.0"] == "UNKNOWN"
+
+
+def test_every_alert_object_is_sent_as_its_scalar_instance() -> None:
+    varbinds = snmp_trap.build_varbinds(make_delivery().alert, snmp.parse_oid_prefix(None))
+
+    names = [".".join(map(str, oid)) for oid, _value in varbinds]
+    assert names[0] == "1.3.6.1.6.3.1.1.4.1.0"  # snmpTrapOID.0
+    assert names[1:] == [f"{DEFAULT_OID_PREFIX}.1.{index}.0" for index in range(1, 11)]
+
+
 def test_long_text_is_cut_on_a_character_boundary(channel: SnmpChannel, rx: SnmpReceiver) -> None:
     payload = {**SAMPLE_PAYLOAD, "message": "é" * 1000 + "tail", "device_id": "d" * 300 + "ü"}
     channel.send(channel.parse_config(v2c(rx)), make_delivery(payload))
 
     values = rx.wait_for_traps(1)[0].varbinds
-    assert values[f"{DEFAULT_OID_PREFIX}.1.6"] == "é" * 512  # 1024 bytes
-    assert values[f"{DEFAULT_OID_PREFIX}.1.2"] == "d" * 255
+    assert values[f"{DEFAULT_OID_PREFIX}.1.6.0"] == "é" * 512  # 1024 bytes
+    assert values[f"{DEFAULT_OID_PREFIX}.1.2.0"] == "d" * 255
 
 
 @pytest.mark.parametrize(
@@ -224,7 +243,7 @@ def test_v3_trap_with_wrong_auth_password_is_rejected_by_the_receiver(
     channel.send(good, make_delivery({**SAMPLE_PAYLOAD, "alert_id": 2}))
 
     traps = rx.wait_for_traps(1)
-    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1"] == "2"  # the good one, after the rejected one
+    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"] == "2"  # the good one, after the rejected one
     assert rx.usm_stats()["wrong_digests"] == before + 1
     assert len(rx.traps) == 1
 
@@ -238,7 +257,7 @@ def test_v2c_trap_with_wrong_community_is_dropped_by_the_receiver(
     channel.send(channel.parse_config(v2c(rx)), make_delivery({**SAMPLE_PAYLOAD, "alert_id": 2}))
 
     traps = rx.wait_for_traps(1)
-    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1"] == "2"
+    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"] == "2"
     assert len(rx.traps) == 1
 
 
@@ -370,7 +389,7 @@ def test_many_threads_send_at_once(channel: SnmpChannel, rx: SnmpReceiver) -> No
         list(pool.map(send, range(40)))
 
     traps = rx.wait_for_traps(40)
-    assert sorted(int(trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.1"]) for trap in traps) == list(range(40))
+    assert sorted(int(trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"]) for trap in traps) == list(range(40))
 
 
 def test_no_thread_until_first_send_and_close_stops_it(rx: SnmpReceiver) -> None:
