@@ -36,7 +36,13 @@ that the receiver acknowledged it within ``[snmp] timeout`` seconds, retried ``[
 Threads: pysnmp 7 is asyncio-only, so one daemon thread ("snmp-notifier", started on the first send)
 runs an event loop that owns every pysnmp engine; ``send()`` hands it a coroutine and waits for the
 result with a deadline, so any number of worker threads can send at once and none waits longer than
-the deadline. ``close()`` stops the loop and joins the thread.
+the deadline. ``close()`` stops the loop and joins the thread. Engines are pooled and bounded
+(``[snmp] max_engines``, ``engine_idle_seconds``; see ``channels/snmp_engine.py``), and each attempt
+ends by its ``Delivery.deadline``.
+
+Host names are resolved once and every address of the answer must pass the outbound-address guard
+(``channels/netguard.py``): a mixed public/private answer is refused. A trap counts as sent only if
+its datagram left without a socket error (``channels/snmp_transport.py``).
 """
 
 from __future__ import annotations
@@ -77,8 +83,7 @@ class SnmpChannel:
     channel_type = "snmp"
 
     def __init__(self, context: ChannelContext) -> None:
-        self.timeout = context.settings.snmp.timeout
-        self.retries = context.settings.snmp.retries
+        self.settings = context.settings.snmp
         self.address_policy = context.address_policy
         self._lock = threading.Lock()
         self._notifier: SnmpNotifier | None = None
@@ -90,7 +95,7 @@ class SnmpChannel:
     def send(self, config: SnmpConfig, delivery: Delivery) -> Receipt:
         varbinds = build_varbinds(delivery.alert, config.oid_prefix)
         try:
-            detail = self.notifier().notify(config, varbinds)
+            detail = self.notifier().notify(config, varbinds, delivery.deadline)
         except DeliveryError as exc:
             raise type(exc)(_scrub(str(exc), config.secrets())) from None
         except CarrierError as exc:
@@ -109,7 +114,11 @@ class SnmpChannel:
                 raise TransientError("SNMP sender is shut down")
             if self._notifier is None:
                 self._notifier = SnmpNotifier(
-                    timeout=self.timeout, retries=self.retries, address_policy=self.address_policy
+                    timeout=self.settings.timeout,
+                    retries=self.settings.retries,
+                    address_policy=self.address_policy,
+                    max_engines=self.settings.max_engines,
+                    engine_idle_seconds=self.settings.engine_idle_seconds,
                 )
             return self._notifier
 
