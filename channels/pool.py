@@ -131,10 +131,17 @@ class BoundedPool(Generic[K, V]):
         self._close_all(victims)
         return len(victims)
 
+    def clear(self) -> None:
+        """Close every entry, in use or not (their users fail on their own); the pool stays usable."""
+        self._clear(refuse_new=False)
+
     def close(self) -> None:
         """Close every entry (in use or not) and refuse new ones."""
+        self._clear(refuse_new=True)
+
+    def _clear(self, *, refuse_new: bool) -> None:
         with self._lock:
-            self._closed = True
+            self._closed = self._closed or refuse_new
             victims = [entry.value for entry in (*self._entries.values(), *self._retired.values())]
             self._entries.clear()
             self._retired.clear()
