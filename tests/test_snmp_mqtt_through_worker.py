@@ -1,5 +1,6 @@
-"""MQTT through the whole worker (issue 13): hostile alert values become topics the broker accepts,
-and a broker that drops the connection over a message costs one connection per attempt."""
+"""SNMP and MQTT through the whole worker (issue 13): an SNMPv3 authPriv trap logged by the real
+snmptrapd; hostile alert values become MQTT topics the broker accepts, and a broker that drops the
+connection over a message costs one connection per attempt."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import queue
 import time
 import uuid
 
-from tests.rows import drain, insert_channel, insert_notification_job, job
+from tests.rows import drain, insert_channel, insert_notification_job, job, log_rows
 from tests.servers.mqtt_subscriber import WAIT, Subscriber
 from tests.servers.mqtt_tls_broker import CONNACK_ACCEPTED, FakeBroker
+from tests.servers.snmptrapd import TrapUser, snmptrapd
 from tests.support import SAMPLE_PAYLOAD
 
 HOSTILE_DEVICES = ["$SYS", "pump\t7", "line1\nline2", "valve\u20282", "+", "#"]
@@ -60,3 +62,29 @@ def test_a_broker_dropping_the_connection_over_each_message_is_not_hammered(data
         row = job(database, "notification_jobs", job_id)
         assert row["status"] == "FAILED" and row["attempts"] == 2
         assert "connection lost before the PUBACK" in row["last_error"]
+
+
+def test_snmpv3_authpriv_trap_through_the_worker_is_logged_by_snmptrapd(database, tmp_path):
+    engine_id = bytes.fromhex("80001f88047075736c652d776f726b6572")
+    user = TrapUser(
+        "pulse-worker", engine_id, auth_password="auth-pa55phrase", priv_password="priv-pa55phrase"
+    )
+    with snmptrapd(tmp_path, users=[user]) as trapd:
+        config = {
+            "host": "127.0.0.1",
+            "port": trapd.port,
+            "version": "3",
+            "username": user.name,
+            "auth_password": user.auth_password,
+            "priv_password": user.priv_password,
+            "engine_id": "0x" + engine_id.hex(),
+        }
+        job_id = insert_notification_job(database, insert_channel(database, "snmp", config), alert_id=4711)
+
+        drain(database)
+
+        (trap,) = trapd.wait_for_traps(1)
+    assert trap.security.startswith("TRAP2, SNMP v3, user pulse-worker")
+    assert trap.values["1.3.6.1.4.1.99999.1.1.0"] == "4711"
+    assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
+    assert len(log_rows(database, job_id)) == 1
