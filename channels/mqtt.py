@@ -32,7 +32,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,9 +144,24 @@ class MqttChannel:
             self._discard(config, conn)
             raise TransientError(f"MQTT broker {config.broker}: publish failed: {mqtt.error_string(info.rc)}")
         self._wait(conn, config, deadline, ack, info.is_published, lambda left: info.wait_for_publish(left))
-        if config.qos == 0:
-            self._wait(conn, config, deadline, "PINGRESP after the message", None, conn.round_trip)
+        if config.qos == 0:  # the broker never answers a QoS 0 PUBLISH: ask it something after it
+            self._confirm_read(conn, config, deadline)
         return info.mid
+
+    def _confirm_read(self, conn: BrokerConnection, config: MqttConfig, deadline: float | None) -> None:
+        what = "PINGRESP after the message"
+        ping = conn.ping()
+        if ping is None:
+            self._discard(config, conn)
+            raise _lost(config, what, "")
+        self._wait(
+            conn,
+            config,
+            deadline,
+            what,
+            lambda: conn.answered(ping),
+            lambda left: conn.wait_answer(ping, left),
+        )
 
     def _wait(
         self,
@@ -154,11 +169,11 @@ class MqttChannel:
         config: MqttConfig,
         deadline: float | None,
         what: str,
-        done: Any,
-        wait_slice: Any,
+        done: Callable[[], bool],
+        wait_slice: Callable[[float], object],
     ) -> None:
-        """Wait until ``done()`` (or ``wait_slice`` returns True) within publish_timeout and the
-        deadline, checking every slice that the connection is still up."""
+        """Wait until ``done()`` within publish_timeout and the deadline, calling ``wait_slice`` for
+        at most a slice at a time and checking in between that the connection is still up."""
         where = f"MQTT broker {config.broker}"
         timeout = self.settings.publish_timeout
         until = time.monotonic() + timeout
@@ -169,18 +184,16 @@ class MqttChannel:
             except DeadlineExceeded:
                 self._discard(config, conn)
                 raise DeadlineExceeded(f"{where}: attempt deadline reached waiting for the {what}") from None
-            if done is not None and done():
+            if done():
                 return
             if left <= 0:
                 break
             try:
-                finished = wait_slice(min(left, _WAIT_SLICE))
+                wait_slice(min(left, _WAIT_SLICE))
             except (RuntimeError, ValueError) as exc:  # paho failed the message: the link went down
                 self._discard(config, conn)
                 raise _lost(config, what, str(exc)) from None
-            if done is None and finished:
-                return
-            if done is not None and done():
+            if done():
                 return
             if conn.lost.is_set():
                 self._discard(config, conn)

@@ -103,16 +103,27 @@ class BrokerConnection:
     def alive(self) -> bool:
         return not self.lost.is_set() and self.client.is_connected()
 
-    def round_trip(self, timeout: float) -> bool:
-        """Send PINGREQ and wait for its PINGRESP. A broker reads a connection's packets in order, so
-        the answer proves it read everything sent before without dropping the connection."""
+    def ping(self) -> int | None:
+        """Send a PINGREQ; returns its number for ``answered``/``wait_answer`` (None: not sent).
+
+        A broker reads a connection's packets in order, so the answer proves it read everything
+        sent before without dropping the connection."""
         client = self.client
         with client.pings:
             if client._send_pingreq() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return False
-            mine = client.pings_sent
-            client.pings.wait_for(lambda: client.pongs_received >= mine or self.lost.is_set(), timeout)
-            return client.pongs_received >= mine and not self.lost.is_set()
+                return None
+            return client.pings_sent
+
+    def answered(self, ping: int) -> bool:
+        with self.client.pings:
+            return self.client.pongs_received >= ping
+
+    def wait_answer(self, ping: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the PINGRESP to ping number ``ping`` (or the link to drop)."""
+        client = self.client
+        with client.pings:
+            client.pings.wait_for(lambda: client.pongs_received >= ping or self.lost.is_set(), timeout)
+            return client.pongs_received >= ping
 
     def abort(self) -> None:
         """Cut the TCP connection now (from any thread): whatever waits on it fails at once."""

@@ -276,10 +276,7 @@ class SnmpNotifier:
     ) -> str:
         address, ipv6 = await self._resolve(config.host, config.port, budget.resolve)
         key = config.engine_id if config.version == "3" else None
-        state = self.engines.take(key, usable=lambda known: known.usable)
-        if state is None:
-            state = _EngineState(key)
-            self.engines.put(key, state)
+        state = self._take_engine(key)
         try:
             state.note_config(config)
             transport = await state.open_socket(ipv6)
@@ -345,16 +342,24 @@ class SnmpNotifier:
         except TimeoutError:
             raise TransientError(f"resolving SNMP host {host!r} timed out after {timeout:g}s") from None
 
+    def _take_engine(self, key: bytes | None) -> _EngineState:
+        """The pooled engine for key (a new one if none is usable), in use until given back."""
+        state = self.engines.take(key, usable=lambda known: known.usable)
+        if state is None:
+            state = _EngineState(key)
+            try:
+                self.engines.put(key, state)
+            except RuntimeError:  # the pool was closed: the notifier is shutting down
+                raise TransientError("SNMP sender is shut down") from None
+        return state
+
     def engine_id(self, configured: bytes | None = None) -> bytes:
         """The snmpEngineID notifications for ``configured`` go out with (the default engine's for None)."""
         future = asyncio.run_coroutine_threadsafe(self._engine_id(configured), self._loop)
         return future.result(CLOSE_TIMEOUT)
 
     async def _engine_id(self, configured: bytes | None) -> bytes:
-        state = self.engines.take(configured, usable=lambda known: known.usable)
-        if state is None:
-            state = _EngineState(configured)
-            self.engines.put(configured, state)
+        state = self._take_engine(configured)
         try:
             return bytes(state.engine.snmpEngineID.asOctets())
         finally:
