@@ -21,8 +21,8 @@ Config keys (``notification_channels.config``; the integrations pipeline passes 
   ``createUser -e <engine_id> <username> SHA <auth> AES <priv>``). Without it the worker uses an ID
   generated per process, which changes on every restart: set it for v3 traps. (Informs discover the
   receiver's engine ID and need no ``engine_id``.)
-- ``oid_prefix``: the OID the layout below hangs under, default ``1.3.6.1.4.1.99999``; a dotted numeric
-  OID under ``1.3.6.1`` (a leading dot is allowed).
+- ``oid_prefix``: the OID the notification layout (``channels/snmp_trap.py``) hangs under, default
+  ``1.3.6.1.4.1.99999``; a dotted numeric OID under ``1.3.6.1`` (a leading dot is allowed).
 - ``inform``: ``true`` sends an acknowledged InformRequest instead of a trap (see "Delivered" below).
 
 Secrets (scrubbed from every error): ``community``, ``auth_password``, ``priv_password``.
