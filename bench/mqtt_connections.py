@@ -32,11 +32,11 @@ def counts() -> tuple[int, int]:
 
 
 def child(channels: int, max_connections: int, idle: float, wait: float) -> dict[str, float]:
+    from bench.sample import sample_delivery
     from channels.context import ChannelContext
     from channels.http import HttpClient
     from channels.mqtt import MqttChannel
     from delivery_worker.config import load_settings
-    from tests.support import make_delivery
 
     settings = load_settings("/dev/null", environ={})
     loopback = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -50,7 +50,7 @@ def child(channels: int, max_connections: int, idle: float, wait: float) -> dict
     http = HttpClient(connect_timeout=1, read_timeout=1, user_agent="bench", pool_size=1)
     channel = MqttChannel(ChannelContext(settings=settings, http=http))
     topic = f"dw-bench/{uuid.uuid4().hex}"
-    delivery = make_delivery()
+    delivery = sample_delivery()
     channel.send(channel.parse_config({"broker_url": BROKER_URL, "topic": topic}), delivery)  # warm
     fds_before, threads_before = counts()
     started = time.monotonic()

@@ -32,11 +32,11 @@ def rss_mb() -> float:
 
 
 def child(engines: int, max_engines: int, idle: float, wait: float) -> dict[str, float]:
+    from bench.sample import sample_delivery
     from channels.context import ChannelContext
     from channels.http import HttpClient
     from channels.snmp import SnmpChannel
     from delivery_worker.config import load_settings
-    from tests.support import make_delivery  # the sample alert the tests use
 
     settings = load_settings("/dev/null", environ={})
     loopback = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -63,7 +63,7 @@ def child(engines: int, max_engines: int, idle: float, wait: float) -> dict[str,
             }
         )
 
-    delivery = make_delivery()
+    delivery = sample_delivery()
     channel.send(config("0x80001f8804ffffffff"), delivery)  # warm: loop thread, MIBs, one engine
     gc.collect()
     before = rss_mb()
