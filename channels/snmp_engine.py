@@ -135,12 +135,15 @@ class _EngineState:
                 self._drop_socket(domain)
 
     def _drop_socket(self, domain: tuple[int, ...]) -> None:
-        self.transports.pop(domain, None)
+        transport = self.transports.pop(domain, None)
         ready = self.bound.pop(domain, None)
         if ready is not None and not ready.done():
             ready.cancel()
         with contextlib.suppress(PySnmpError, KeyError):
-            lcd.delete_transport(self.engine, domain)
+            lcd.delete_transport(self.engine, domain)  # unregisters it, but leaves its socket open
+        if transport is not None:
+            with contextlib.suppress(PySnmpError, OSError):
+                transport.close_transport()
 
     def user_gate(self, config: SnmpConfig) -> AbstractAsyncContextManager[None]:
         assert config.username is not None

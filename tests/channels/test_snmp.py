@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import re
 import socket
 import threading
@@ -695,12 +696,16 @@ def test_engines_for_many_engine_ids_stay_bounded(rx: SnmpReceiver) -> None:
     http = HttpClient(connect_timeout=1, read_timeout=1, user_agent="test", pool_size=1)
     channel = SnmpChannel(ChannelContext(settings=settings, http=http))
     try:
+        channel.send(channel.parse_config(v3(rx, engine_id="0x80001f8804ffffffff")), make_delivery())
+        fds_before = len(os.listdir("/proc/self/fd"))  # the loop thread and one engine are running
         for number in range(16):
             engine_id = "0x80001f8804" + f"{number:08x}"
             channel.send(channel.parse_config(v3(rx, engine_id=engine_id)), make_delivery())
         engines = channel.notifier().engines
         assert len(engines) <= 4
-        assert engines.evicted >= 12
+        assert engines.evicted >= 13
+        # Evicted engines closed their sockets (closing happens on the loop thread: wait for it).
+        assert wait_until(lambda: len(os.listdir("/proc/self/fd")) - fds_before <= 3 + 2)
         # An evicted engine ID comes back as a fresh engine and its traps are still accepted.
         channel.send(channel.parse_config(v3(rx)), make_delivery({**SAMPLE_PAYLOAD, "alert_id": 7}))
         for number in range(4):
