@@ -178,14 +178,13 @@ class MqttChannel:
         timeout = self.settings.publish_timeout
         until = time.monotonic() + timeout
         while True:
-            now = time.monotonic()
+            if done():  # checked first: an answer that came in time counts even at the deadline
+                return
             try:
-                left = seconds_left(deadline, until - now)
+                left = seconds_left(deadline, until - time.monotonic())
             except DeadlineExceeded:
                 self._discard(config, conn)
                 raise DeadlineExceeded(f"{where}: attempt deadline reached waiting for the {what}") from None
-            if done():
-                return
             if left <= 0:
                 break
             try:
