@@ -319,6 +319,9 @@ class SnmpNotifier:
                 result = await send_notification(
                     state.engine, auth, target, ContextData(), kind, *varbinds, lookupMib=False
                 )
+        if not config.inform and not errors:
+            late = await transport.drained()  # returns at once unless asyncio queued the datagram
+            errors += [late] if late is not None else []
         if errors or not transport.usable:
             state.drop_socket_for(transport)
             reason = (errors[0].strerror or type(errors[0]).__name__) if errors else "socket closed"

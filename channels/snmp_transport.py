@@ -6,11 +6,16 @@ permission denied by a firewall, message too long) goes to the protocol's ``erro
 pysnmp leaves empty, and a datagram written to a closed transport is dropped without a word. pysnmp
 then reports the trap as sent. These transports hand such errors to the notification that caused
 them (``send_errors()``, a context variable: the datagram is written synchronously inside the
-sending task), so a trap that did not leave is never "delivered".
+sending task), so a trap that did not leave is never "delivered". When the socket buffer was full
+asyncio queues the datagram and writes it later: the sender then waits for the queue to drain
+(``drained``) and counts the errors meanwhile as its own, erring towards "not sent". (asyncio runs
+the later write in a copy of the sending task's context, so its error usually reaches that task's
+list directly; ``late_error_count`` catches the rest.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -24,6 +29,7 @@ from channels.netguard import AddressPolicy, Resolver, resolve_checked
 
 log = structlog.get_logger("channels.snmp")
 
+DRAIN_POLL_SECONDS = 0.005
 _SEND_ERRORS: ContextVar[list[OSError] | None] = ContextVar("snmp_send_errors", default=None)
 
 
@@ -56,13 +62,25 @@ class _ReportingProtocol:
     """Mixed into pysnmp's asyncio datagram transports (which are their own asyncio protocol)."""
 
     transport: Any
+    late_error_count = 0  # errors of datagrams written outside a send (buffered ones, retransmissions)
+    last_late_error: OSError | None = None
 
     def error_received(self, exc: OSError) -> None:
         errors = _SEND_ERRORS.get()
         if errors is not None:
             errors.append(exc)
-        else:  # an inform retransmission or a late error: its notification times out on its own
-            log.warning("snmp.socket_error", error=exc.strerror or type(exc).__name__)
+            return
+        self.late_error_count += 1
+        self.last_late_error = exc
+        log.warning("snmp.socket_error", error=exc.strerror or type(exc).__name__)
+
+    async def drained(self) -> OSError | None:
+        """Wait until asyncio wrote every datagram it buffered (a full socket buffer makes it queue
+        them); returns a socket error that happened meanwhile, if any. The caller bounds the wait."""
+        seen = self.late_error_count
+        while self.usable and self.transport is not None and self.transport.get_write_buffer_size():
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        return self.last_late_error if self.late_error_count > seen else None
 
     @property
     def usable(self) -> bool:

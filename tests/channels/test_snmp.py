@@ -646,6 +646,34 @@ def test_a_trap_whose_datagram_failed_is_not_sent(monkeypatch: pytest.MonkeyPatc
         channel.close()
 
 
+class FullThenUnreachableSocket(socket.socket):
+    """A real UDP socket whose buffer stays full for a while (asyncio queues the datagram and
+    retries it) and whose eventual write fails: after pysnmp has reported the trap sent."""
+
+    def sendto(self, *args: Any) -> int:  # type: ignore[override]
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls <= 50:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
+def test_a_queued_datagram_that_fails_later_is_not_sent(
+    monkeypatch: pytest.MonkeyPatch, rx: SnmpReceiver
+) -> None:
+    def full_client_mode(self: Any, iface: Any = None, allow_broadcast: bool = False) -> Any:
+        sock = FullThenUnreachableSocket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        return self.open_server_mode(sock=sock)
+
+    channel = make_channel()
+    try:
+        monkeypatch.setattr(snmp_transport.UdpTransport, "open_client_mode", full_client_mode)
+        with pytest.raises(TransientError, match="was not sent: Network is unreachable"):
+            channel.send(channel.parse_config(v2c(rx)), make_delivery())
+    finally:
+        channel.close()
+
+
 def test_a_socket_closed_under_the_engine_is_replaced(rx: SnmpReceiver) -> None:
     channel = make_channel()
     try:
