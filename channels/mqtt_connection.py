@@ -164,7 +164,7 @@ def connect(
     timeout = seconds_left(deadline, settings.connect_timeout)
     client_id = new_client_id()
     # Tenants write broker hosts too: resolve once, check, and connect to the checked address.
-    address = check_host(config.host, config.port, address_policy)
+    address = _resolve(config, address_policy, settings.connect_timeout, deadline)
     client = BrokerClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -192,6 +192,32 @@ def connect(
         conn.shutdown(0)
         raise
     return conn
+
+
+def _resolve(config: MqttConfig, policy: AddressPolicy, limit: float, deadline: float | None) -> str:
+    """The checked address of the broker, looked up in a helper thread so that a resolver that hangs
+    costs this attempt at most ``limit`` and never runs past the deadline (the lookup itself cannot
+    be interrupted; its thread ends when the resolver gives up)."""
+    result: list[str | BaseException] = []
+
+    def lookup() -> None:
+        try:
+            result.append(check_host(config.host, config.port, policy))
+        except BaseException as exc:  # handed to the waiting thread below
+            result.append(exc)
+
+    resolver = threading.Thread(target=lookup, name="mqtt-resolve", daemon=True)
+    wait = seconds_left(deadline, limit)
+    resolver.start()
+    resolver.join(wait)
+    if not result:
+        where = f"MQTT broker {config.broker}"
+        if wait < limit:
+            raise DeadlineExceeded(f"{where}: attempt deadline reached resolving the host name")
+        raise TransientError(f"{where}: resolving the host name timed out after {limit:g}s", slow=True)
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 def _handshake(

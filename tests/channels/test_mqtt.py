@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from channels import mqtt_connection
 from channels.context import ChannelContext
 from channels.errors import DeadlineExceeded, InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient
@@ -820,4 +821,29 @@ def test_idle_connections_are_closed_without_traffic() -> None:
         channel.send(config, make_delivery())
         assert channel.connects == 2
     finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("with_deadline", [True, False])
+def test_a_hanging_name_lookup_is_cut(monkeypatch: pytest.MonkeyPatch, with_deadline: bool) -> None:
+    release = threading.Event()
+
+    def hanging_lookup(*_args: Any) -> str:
+        release.wait(10)
+        return HOST
+
+    monkeypatch.setattr(mqtt_connection, "check_host", hanging_lookup)
+    timeout = 5.0 if with_deadline else 0.3
+    channel = channel_for(make_settings(mqtt={"connect_timeout": timeout}))
+    delivery = make_delivery()
+    if with_deadline:
+        delivery = dataclasses.replace(delivery, deadline=time.monotonic() + 0.3)
+    expected = DeadlineExceeded if with_deadline else TransientError
+    try:
+        started = time.monotonic()
+        with pytest.raises(expected, match="resolving the host name"):
+            channel.send(channel.parse_config({"broker_url": "mqtt://broker.example.test"}), delivery)
+        assert time.monotonic() - started < 2.5
+    finally:
+        release.set()
         channel.close()
