@@ -44,6 +44,8 @@ class SmtpSettings:
 class SnmpSettings:
     timeout: float
     retries: int
+    max_engines: int = 64  # pysnmp engines (one per v3 engine_id) kept at most
+    engine_idle_seconds: float = 600.0  # an engine unused this long is closed
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class MqttSettings:
     connect_timeout: float
     publish_timeout: float
     keepalive: int
+    max_connections: int = 32  # broker connections (one per broker + credentials) kept at most
+    connection_idle_seconds: float = 60.0  # a connection unused this long is closed
 
 
 class ChannelSettings(Protocol):

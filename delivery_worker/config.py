@@ -254,11 +254,15 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
     "snmp": {
         "timeout": ("3", _float(0, exclusive=True)),
         "retries": ("1", _int(0, 5)),
+        "max_engines": ("64", _int(1, 4096)),
+        "engine_idle_seconds": ("600", _float(0, exclusive=True)),
     },
     "mqtt": {
         "connect_timeout": ("5", _float(0, exclusive=True)),
         "publish_timeout": ("10", _float(0, exclusive=True)),
         "keepalive": ("60", _int(5, 3600)),
+        "max_connections": ("32", _int(1, 4096)),
+        "connection_idle_seconds": ("60", _float(0, exclusive=True)),
     },
     "metrics": {
         "port": ("0", _int(0, 65535)),

@@ -190,12 +190,12 @@ def test_snmp_v2c_channel_through_notification_jobs(database):
         (trap,) = receiver.wait_for_traps(1)
     prefix = "1.3.6.1.4.1.99999"
     assert trap.version == "2c" and trap.trap_oid == f"{prefix}.0.1"
-    assert trap.varbinds[f"{prefix}.1.1"] == "4242"
-    assert trap.varbinds[f"{prefix}.1.2"] == "sensor-17"
-    assert trap.varbinds[f"{prefix}.1.3"] == "tenant-a"
-    assert trap.varbinds[f"{prefix}.1.4"] == 4
-    assert trap.varbinds[f"{prefix}.1.6"] == "Temperature 92.5C above 85C"
-    assert trap.varbinds[f"{prefix}.1.7"] == "2026-11-29T03:00:00Z"
+    assert trap.varbinds[f"{prefix}.1.1.0"] == "4242"
+    assert trap.varbinds[f"{prefix}.1.2.0"] == "sensor-17"
+    assert trap.varbinds[f"{prefix}.1.3.0"] == "tenant-a"
+    assert trap.varbinds[f"{prefix}.1.4.0"] == 4
+    assert trap.varbinds[f"{prefix}.1.6.0"] == "Temperature 92.5C above 85C"
+    assert trap.varbinds[f"{prefix}.1.7.0"] == "2026-11-29T03:00:00Z"
     assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
 
 
@@ -226,8 +226,8 @@ def test_snmp_v3_integration_through_delivery_jobs(database):
         (trap,) = receiver.wait_for_traps(1)
     assert trap.version == "3" and trap.security_level == "authPriv"
     assert trap.trap_oid == "1.3.6.1.4.1.55555.0.2"  # cleared
-    assert trap.varbinds["1.3.6.1.4.1.55555.1.6"] == "Device offline for 10 minutes"
-    assert trap.varbinds["1.3.6.1.4.1.55555.1.10"] == "CLOSED"
+    assert trap.varbinds["1.3.6.1.4.1.55555.1.6.0"] == "Device offline for 10 minutes"
+    assert trap.varbinds["1.3.6.1.4.1.55555.1.10.0"] == "CLOSED"
     assert job(database, "delivery_jobs", job_id)["status"] == "COMPLETED"
     assert [a["ok"] for a in attempt_rows(database, job_id)] == [True]
 

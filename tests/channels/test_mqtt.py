@@ -3,7 +3,11 @@ TLS / password brokers) and a fake broker that never acknowledges."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import queue
 import socket
 import threading
 import time
@@ -15,8 +19,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from channels import mqtt_connection
 from channels.context import ChannelContext
-from channels.errors import InvalidChannelConfig, PermanentError, TransientError
+from channels.errors import DeadlineExceeded, InvalidChannelConfig, PermanentError, TransientError
 from channels.http import HttpClient
 from channels.mqtt import (
     DEFAULT_TOPIC,
@@ -438,12 +443,35 @@ def test_missing_puback_is_transient_after_publish_timeout() -> None:
     channel.close()
 
 
-def test_qos0_needs_no_ack() -> None:
+def test_qos0_is_sent_once_the_broker_answers_a_ping_after_it() -> None:
+    channel = channel_for(make_settings(mqtt={"connect_timeout": 1.0, "publish_timeout": 0.5}))
+    with FakeBroker(connack=CONNACK_ACCEPTED, answer_pings=True) as fake:
+        config = channel.parse_config({"broker_url": f"mqtt://{HOST}:{fake.port}", "qos": 0})
+        assert "sent" in channel.send(config, make_delivery()).detail
+        assert fake.publishes == 1
+    channel.close()
+
+
+def test_qos0_without_an_answer_after_it_is_not_sent() -> None:
     channel = channel_for(make_settings(mqtt={"connect_timeout": 1.0, "publish_timeout": 0.5}))
     with FakeBroker(connack=CONNACK_ACCEPTED) as fake:
         config = channel.parse_config({"broker_url": f"mqtt://{HOST}:{fake.port}", "qos": 0})
-        assert "sent" in channel.send(config, make_delivery()).detail
-        channel.close()
+        with pytest.raises(TransientError, match="no PINGRESP after the message within 0.5s"):
+            channel.send(config, make_delivery())
+    channel.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_broker_dropping_the_connection_over_a_publish_is_a_slow_transient_failure(qos: int) -> None:
+    channel = channel_for(make_settings(mqtt={"connect_timeout": 1.0, "publish_timeout": 3.0}))
+    with FakeBroker(connack=CONNACK_ACCEPTED, answer_pings=True, drop_on_publish=True) as fake:
+        config = channel.parse_config({"broker_url": f"mqtt://{HOST}:{fake.port}", "qos": qos})
+        with pytest.raises(TransientError, match="connection lost before the .*may have refused") as info:
+            channel.send(config, make_delivery())
+        assert info.value.slow  # no in-process quick retries: each would reconnect and be dropped again
+        assert fake.connections == 1 and fake.publishes == 1
+        assert channel.pool_size() == 0
+    channel.close()
 
 
 @pytest.mark.parametrize("connack", [CONNACK_BAD_CREDENTIALS, CONNACK_NOT_AUTHORISED])
@@ -633,3 +661,189 @@ def test_anonymous_on_password_broker_is_permanent(password_broker: Broker) -> N
     config = channel.parse_config({"broker_url": f"mqtt://{HOST}:{password_broker.port}"})
     with pytest.raises(PermanentError, match="authori[sz]ed|user name or password"):
         channel.send(config, make_delivery())
+
+
+# --- hostile values in topics (issue 13) ---------------------------------------------------------
+
+HOSTILE = {
+    "tab": ("a\tb", "a_b"),
+    "newline": ("line1\nline2\r\n", "line1_line2__"),
+    "nel": ("x\u0085y", "x_y"),
+    "line separator": ("x\u2028y\u2029z", "x_y_z"),
+    "c1 and del": ("\x7f\x9b", "__"),
+    "wildcards": ("+#", "__"),
+    "levels": ("a/b", "a_b"),
+    "nul": ("a\x00b", "a_b"),
+    "noncharacter": ("a\ufffeb\U0001ffff", "a_b_"),
+}
+
+
+@pytest.mark.parametrize(("value", "expected"), list(HOSTILE.values()), ids=list(HOSTILE))
+def test_placeholder_values_lose_control_characters_and_separators(value: str, expected: str) -> None:
+    assert sanitise_topic_value(value) == expected
+    assert render_topic("alerts/{device_id}", {"device_id": value}) == f"alerts/{expected}"
+
+
+@pytest.mark.parametrize("value", ["$SYS", "$share/g", "$"])
+def test_a_placeholder_never_makes_a_dollar_topic(value: str) -> None:
+    topic = render_topic("{device_id}/alerts", {"device_id": value})
+    assert topic == "_" + value[1:].replace("/", "_") + "/alerts"
+    assert render_topic("alerts/{device_id}", {"device_id": value}).startswith("alerts/$")  # only level 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "message"),
+    [
+        ("$SYS/broker/alerts", "must not start with \\$"),
+        ("$aws/things/x", "must not start with \\$"),
+        ("alerts\t/x", "U\\+0009"),
+        ("alerts/\u2028", "U\\+2028"),
+        ("alerts/\x85", "U\\+0085"),
+    ],
+)
+def test_unsafe_configured_topics_are_refused_at_parse(topic: str, message: str) -> None:
+    with pytest.raises(InvalidChannelConfig, match=message) as info:
+        channel_for().parse_config({"broker_url": BROKER_URL, "topic": topic})
+    assert "config.topic" in str(info.value)
+
+
+def dollar_free(topic: str) -> str:
+    return "_" + topic[1:] if topic.startswith("$") else topic
+
+
+@needs_broker
+def test_hostile_values_reach_a_subscriber_on_hash(channel: MqttChannel, subscriber: Subscriber) -> None:
+    """Every hostile value yields a topic the broker accepts and a '#' subscriber receives; the
+    connection survives all of them (one connect)."""
+    marker = uuid.uuid4().hex
+    subscriber.subscribe("#", qos=1)
+    config = channel.parse_config(
+        {"broker_url": BROKER_URL, "topic": "{device_id}/" + marker + "/{site_id}", "qos": 1}
+    )
+    hostile = ["$SYS", "a\tb", "line1\nline2", "x\u2028y", "+", "#", "$SYS/x/#"]
+    for number, value in enumerate(hostile):
+        payload = {**SAMPLE_PAYLOAD, "alert_id": number, "device_id": value, "site_id": value}
+        channel.send(config, make_delivery(payload))
+
+    expected = {f"{dollar_free(sanitise_topic_value(v))}/{marker}/{sanitise_topic_value(v)}" for v in hostile}
+    received: set[str] = set()
+    deadline = time.monotonic() + WAIT
+    while received != expected and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            msg = subscriber.get(timeout=max(0.1, deadline - time.monotonic()))
+            if marker in msg.topic:
+                received.add(msg.topic)
+    assert received == expected
+    assert not any(topic.startswith("$") for topic in received)
+    assert channel.connects == 1
+
+
+# --- deadlines (issue 12) ------------------------------------------------------------------------
+
+
+def test_silent_broker_is_cut_at_the_attempt_deadline() -> None:
+    channel = channel_for(make_settings(mqtt={"connect_timeout": 5.0, "publish_timeout": 5.0}))
+    with FakeBroker(connack=None) as fake:
+        config = channel.parse_config({"broker_url": f"mqtt://{HOST}:{fake.port}"})
+        delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() + 0.5)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            channel.send(config, delivery)
+        assert time.monotonic() - started < 2.5  # not connect_timeout (5 s)
+    channel.close()
+
+
+def test_tls_handshake_that_never_finishes_is_cut_at_the_deadline() -> None:
+    channel = channel_for(make_settings(mqtt={"connect_timeout": 5.0, "publish_timeout": 5.0}))
+    with FakeBroker(connack=None) as fake:  # accepts TCP, never speaks TLS
+        config = channel.parse_config({"broker_url": f"mqtts://{HOST}:{fake.port}"})
+        delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() + 0.5)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="deadline"):
+            channel.send(config, delivery)
+        assert time.monotonic() - started < 2.5
+    channel.close()
+
+
+def test_missing_puback_is_cut_at_the_deadline_and_the_link_dropped() -> None:
+    channel = channel_for(make_settings(mqtt={"connect_timeout": 2.0, "publish_timeout": 5.0}))
+    with FakeBroker(connack=CONNACK_ACCEPTED) as fake:
+        config = channel.parse_config({"broker_url": f"mqtt://{HOST}:{fake.port}", "qos": 1})
+        delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() + 0.8)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="waiting for the PUBACK"):
+            channel.send(config, delivery)
+        assert time.monotonic() - started < 2.5
+        assert channel.pool_size() == 0
+    channel.close()
+
+
+# --- bounded connections (issue 12) --------------------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@needs_broker
+def test_two_hundred_credentials_keep_connections_and_fds_bounded() -> None:
+    channel = channel_for(
+        make_settings(mqtt={"connect_timeout": 2.0, "publish_timeout": 3.0, "max_connections": 8})
+    )
+    topic = f"{unique_prefix()}/fd"
+    try:
+        channel.send(channel.parse_config({"broker_url": BROKER_URL, "topic": topic}), make_delivery())
+        before = open_fds()
+        for number in range(200):
+            config = channel.parse_config(
+                {"broker_url": BROKER_URL, "topic": topic, "username": f"tenant-{number}"}
+            )
+            channel.send(config, make_delivery())
+            assert channel.pool_size() <= 8
+        assert channel.connects == 201
+        # Evicted clients finish closing in background: wait (generously) for their fds to go.
+        assert wait_until(lambda: open_fds() - before <= 8 * 3 + 4, timeout=20), open_fds() - before
+        paho_threads = [t for t in threading.enumerate() if t.name.startswith("paho-mqtt-client-")]
+        assert len(paho_threads) <= 9
+    finally:
+        channel.close()
+
+
+@needs_broker
+def test_idle_connections_are_closed_without_traffic() -> None:
+    channel = channel_for(make_settings(mqtt={"connection_idle_seconds": 0.3}))
+    try:
+        config = channel.parse_config({"broker_url": BROKER_URL, "topic": f"{unique_prefix()}/idle"})
+        channel.send(config, make_delivery())
+        (conn,) = channel._pool.values()
+        assert wait_until(lambda: channel.pool_size() == 0, timeout=10)
+        assert wait_until(lambda: conn.client._thread is None and conn.client._sockpairR is None, timeout=10)
+        channel.send(config, make_delivery())
+        assert channel.connects == 2
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("with_deadline", [True, False])
+def test_a_hanging_name_lookup_is_cut(monkeypatch: pytest.MonkeyPatch, with_deadline: bool) -> None:
+    release = threading.Event()
+
+    def hanging_lookup(*_args: Any) -> str:
+        release.wait(10)
+        return HOST
+
+    monkeypatch.setattr(mqtt_connection, "check_host", hanging_lookup)
+    timeout = 5.0 if with_deadline else 0.3
+    channel = channel_for(make_settings(mqtt={"connect_timeout": timeout}))
+    delivery = make_delivery()
+    if with_deadline:
+        delivery = dataclasses.replace(delivery, deadline=time.monotonic() + 0.3)
+    expected = DeadlineExceeded if with_deadline else TransientError
+    try:
+        started = time.monotonic()
+        with pytest.raises(expected, match="resolving the host name"):
+            channel.send(channel.parse_config({"broker_url": "mqtt://broker.example.test"}), delivery)
+        assert time.monotonic() - started < 2.5
+    finally:
+        release.set()
+        channel.close()

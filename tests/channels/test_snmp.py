@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import os
 import re
 import socket
 import threading
@@ -13,10 +16,17 @@ from typing import Any
 
 import pytest
 
-from channels import snmp
+from channels import snmp, snmp_engine, snmp_transport, snmp_trap
 from channels.context import ChannelContext
-from channels.errors import InvalidChannelConfig, PermanentError, TransientError
+from channels.errors import (
+    BlockedAddress,
+    DeadlineExceeded,
+    InvalidChannelConfig,
+    PermanentError,
+    TransientError,
+)
 from channels.http import HttpClient
+from channels.netguard import AddressPolicy
 from channels.snmp import DEFAULT_OID_PREFIX, OBJECT_COLUMNS, SnmpChannel, SnmpConfig
 from tests.servers.snmp_receiver import (
     SNMP_TRAP_OID,
@@ -101,7 +111,7 @@ def expected_varbinds(prefix: str = DEFAULT_OID_PREFIX, **overrides: Any) -> dic
         "event": "OPEN",
         **overrides,
     }
-    return {f"{prefix}.1.{index}": values[column] for index, column in enumerate(OBJECT_COLUMNS, start=1)}
+    return {f"{prefix}.1.{index}.0": values[column] for index, column in enumerate(OBJECT_COLUMNS, start=1)}
 
 
 def assert_layout(trap: ReceivedTrap, *, prefix: str = DEFAULT_OID_PREFIX, cleared: bool = False) -> None:
@@ -109,7 +119,7 @@ def assert_layout(trap: ReceivedTrap, *, prefix: str = DEFAULT_OID_PREFIX, clear
     assert names[:2] == [SYS_UPTIME, SNMP_TRAP_OID]
     assert isinstance(trap.uptime, int)
     assert trap.trap_oid == f"{prefix}.0.{2 if cleared else 1}"
-    assert names[2:] == [f"{prefix}.1.{index}" for index in range(1, 11)]
+    assert names[2:] == [f"{prefix}.1.{index}.0" for index in range(1, 11)]
 
 
 # --- real traps ----------------------------------------------------------------------------------
@@ -134,7 +144,7 @@ def test_trap_oid_tells_cleared_alerts_apart(
 
     trap = rx.wait_for_traps(1)[0]
     assert_layout(trap, cleared=cleared)
-    assert trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.10"] == event
+    assert trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.10.0"] == event
 
 
 CUSTOM_PREFIX = "1.3.6.1.4.1.424242.7"
@@ -169,13 +179,32 @@ def test_missing_values_are_empty_and_unknown_severity_is_minus_one(
     )
 
 
+@pytest.mark.parametrize("severity", [-1, -7, "-3", "severe"])
+def test_negative_or_unknown_severity_is_labelled_unknown_not_low(
+    channel: SnmpChannel, rx: SnmpReceiver, severity: Any
+) -> None:
+    channel.send(channel.parse_config(v2c(rx)), make_delivery({**SAMPLE_PAYLOAD, "severity": severity}))
+
+    values = rx.wait_for_traps(1)[0].varbinds
+    assert values[f"{DEFAULT_OID_PREFIX}.1.4.0"] == -1
+    assert values[f"{DEFAULT_OID_PREFIX}.1.5.0"] == "UNKNOWN"
+
+
+def test_every_alert_object_is_sent_as_its_scalar_instance() -> None:
+    varbinds = snmp_trap.build_varbinds(make_delivery().alert, snmp.parse_oid_prefix(None))
+
+    names = [".".join(map(str, oid)) for oid, _value in varbinds]
+    assert names[0] == "1.3.6.1.6.3.1.1.4.1.0"  # snmpTrapOID.0
+    assert names[1:] == [f"{DEFAULT_OID_PREFIX}.1.{index}.0" for index in range(1, 11)]
+
+
 def test_long_text_is_cut_on_a_character_boundary(channel: SnmpChannel, rx: SnmpReceiver) -> None:
     payload = {**SAMPLE_PAYLOAD, "message": "é" * 1000 + "tail", "device_id": "d" * 300 + "ü"}
     channel.send(channel.parse_config(v2c(rx)), make_delivery(payload))
 
     values = rx.wait_for_traps(1)[0].varbinds
-    assert values[f"{DEFAULT_OID_PREFIX}.1.6"] == "é" * 512  # 1024 bytes
-    assert values[f"{DEFAULT_OID_PREFIX}.1.2"] == "d" * 255
+    assert values[f"{DEFAULT_OID_PREFIX}.1.6.0"] == "é" * 512  # 1024 bytes
+    assert values[f"{DEFAULT_OID_PREFIX}.1.2.0"] == "d" * 255
 
 
 @pytest.mark.parametrize(
@@ -224,7 +253,7 @@ def test_v3_trap_with_wrong_auth_password_is_rejected_by_the_receiver(
     channel.send(good, make_delivery({**SAMPLE_PAYLOAD, "alert_id": 2}))
 
     traps = rx.wait_for_traps(1)
-    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1"] == "2"  # the good one, after the rejected one
+    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"] == "2"  # the good one, after the rejected one
     assert rx.usm_stats()["wrong_digests"] == before + 1
     assert len(rx.traps) == 1
 
@@ -238,7 +267,7 @@ def test_v2c_trap_with_wrong_community_is_dropped_by_the_receiver(
     channel.send(channel.parse_config(v2c(rx)), make_delivery({**SAMPLE_PAYLOAD, "alert_id": 2}))
 
     traps = rx.wait_for_traps(1)
-    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1"] == "2"
+    assert traps[0].varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"] == "2"
     assert len(rx.traps) == 1
 
 
@@ -311,23 +340,23 @@ def test_unresolvable_host_is_transient(monkeypatch: pytest.MonkeyPatch, channel
         asked.append(host)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(snmp.socket, "getaddrinfo", no_such_host)
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     config = channel.parse_config({"host": "nms.example.invalid", "community": COMMUNITY})
 
     with pytest.raises(TransientError) as caught:
         channel.send(config, make_delivery())
-    assert str(caught.value) == "cannot resolve SNMP host 'nms.example.invalid': Name or service not known"
+    assert str(caught.value) == "cannot resolve host nms.example.invalid: Name or service not known"
     assert asked == ["nms.example.invalid"]
 
 
 def test_slow_resolver_is_cut_off_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
 
-    def hanging_resolver(host: str, port: int) -> tuple[str, bool]:
+    def hanging_resolver(host: str, port: int, policy: object) -> tuple[str, bool]:
         release.wait(5)
         return "127.0.0.1", False
 
-    monkeypatch.setattr(snmp, "resolve_host", hanging_resolver)
+    monkeypatch.setattr(snmp_engine, "resolve_host", hanging_resolver)
     channel = make_channel(timeout=0.3)
     try:
         started = time.monotonic()
@@ -352,7 +381,7 @@ def test_host_names_are_resolved(
         asked.append(host)
         return [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", ("127.0.0.1", port))]
 
-    monkeypatch.setattr(snmp.socket, "getaddrinfo", loopback)
+    monkeypatch.setattr(socket, "getaddrinfo", loopback)
     receipt = channel.send(channel.parse_config(v2c(rx, host="nms.example.com")), make_delivery())
 
     assert asked == ["nms.example.com"]
@@ -370,7 +399,7 @@ def test_many_threads_send_at_once(channel: SnmpChannel, rx: SnmpReceiver) -> No
         list(pool.map(send, range(40)))
 
     traps = rx.wait_for_traps(40)
-    assert sorted(int(trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.1"]) for trap in traps) == list(range(40))
+    assert sorted(int(trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"]) for trap in traps) == list(range(40))
 
 
 def test_no_thread_until_first_send_and_close_stops_it(rx: SnmpReceiver) -> None:
@@ -542,3 +571,184 @@ def test_mib_describes_the_default_layout() -> None:
         "pulseAlertNotification": snmp.ALERT_EVENT,
         "pulseAlertCleared": snmp.ALERT_CLEARED,
     }
+
+
+# --- the outbound-address guard (decisions only: nothing is sent to a non-loopback address) -------
+
+
+def answers(*ips: str) -> Any:
+    """A getaddrinfo stand-in that answers every name with ``ips``."""
+
+    def resolver(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        family = lambda ip: socket.AF_INET6 if ":" in ip else socket.AF_INET  # noqa: E731
+        return [(family(ip), socket.SOCK_STREAM, 6, "", (ip, port)) for ip in ips]
+
+    return resolver
+
+
+@pytest.mark.parametrize(
+    "ips",
+    [("93.184.216.34", "10.0.0.5"), ("10.0.0.5", "93.184.216.34"), ("2606:2800:220:1::1", "fd00::5")],
+)
+def test_a_name_answering_public_and_private_addresses_is_refused(ips: tuple[str, ...]) -> None:
+    with pytest.raises(BlockedAddress, match="private"):
+        snmp_transport.resolve_host("nms.example.com", 162, AddressPolicy(), answers(*ips))
+
+
+def test_ipv4_is_preferred_once_every_address_passed() -> None:
+    resolver = answers("2606:2800:220:1::1", "93.184.216.34")
+    assert snmp_transport.resolve_host("nms.example.com", 162, AddressPolicy(), resolver) == (
+        "93.184.216.34",
+        False,
+    )
+
+
+def test_channel_refuses_a_mixed_answer_before_sending(
+    monkeypatch: pytest.MonkeyPatch, channel: SnmpChannel, rx: SnmpReceiver
+) -> None:
+    # Loopback is open in tests; 10.1.2.3 is not. The first (allowed) address must not be picked.
+    monkeypatch.setattr(socket, "getaddrinfo", answers("127.0.0.1", "10.1.2.3"))
+    config = channel.parse_config(v2c(rx, host="nms.example.com"))
+
+    with pytest.raises(BlockedAddress, match=r"10\.1\.2\.3 \(private address\) for nms\.example\.com"):
+        channel.send(config, make_delivery())
+    with pytest.raises(AssertionError):
+        rx.wait_for_traps(1, timeout=0.3)
+
+
+# --- a trap that did not leave is not delivered --------------------------------------------------
+
+
+class UnreachableSocket(socket.socket):
+    """A real UDP socket whose every send fails as on a host with no route to the receiver."""
+
+    def sendto(self, *args: Any) -> int:  # type: ignore[override]
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
+def test_a_trap_whose_datagram_failed_is_not_sent(monkeypatch: pytest.MonkeyPatch, rx: SnmpReceiver) -> None:
+    def unreachable_client_mode(self: Any, iface: Any = None, allow_broadcast: bool = False) -> Any:
+        sock = UnreachableSocket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        return self.open_server_mode(sock=sock)
+
+    channel = make_channel()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(snmp_transport.UdpTransport, "open_client_mode", unreachable_client_mode)
+            with pytest.raises(TransientError, match="was not sent: Network is unreachable") as caught:
+                channel.send(channel.parse_config(v2c(rx)), make_delivery())
+            assert COMMUNITY not in str(caught.value)
+        # The failed socket was dropped: the next attempt opens a working one and is delivered.
+        channel.send(channel.parse_config(v2c(rx)), make_delivery())
+        assert len(rx.wait_for_traps(1)) == 1
+    finally:
+        channel.close()
+
+
+class FullThenUnreachableSocket(socket.socket):
+    """A real UDP socket whose buffer stays full for a while (asyncio queues the datagram and
+    retries it) and whose eventual write fails: after pysnmp has reported the trap sent."""
+
+    def sendto(self, *args: Any) -> int:  # type: ignore[override]
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls <= 50:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
+def test_a_queued_datagram_that_fails_later_is_not_sent(
+    monkeypatch: pytest.MonkeyPatch, rx: SnmpReceiver
+) -> None:
+    def full_client_mode(self: Any, iface: Any = None, allow_broadcast: bool = False) -> Any:
+        sock = FullThenUnreachableSocket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        return self.open_server_mode(sock=sock)
+
+    channel = make_channel()
+    try:
+        monkeypatch.setattr(snmp_transport.UdpTransport, "open_client_mode", full_client_mode)
+        with pytest.raises(TransientError, match="was not sent: Network is unreachable"):
+            channel.send(channel.parse_config(v2c(rx)), make_delivery())
+    finally:
+        channel.close()
+
+
+def test_a_socket_closed_under_the_engine_is_replaced(rx: SnmpReceiver) -> None:
+    channel = make_channel()
+    try:
+        config = channel.parse_config(v2c(rx))
+        channel.send(config, make_delivery())
+        notifier = channel.notifier()
+        (state,) = notifier.engines.values()
+        (transport,) = state.transports.values()
+        notifier._loop.call_soon_threadsafe(transport.transport.close)
+        assert wait_until(lambda: transport.transport.is_closing())
+
+        channel.send(config, make_delivery())
+
+        assert len(rx.wait_for_traps(2)) == 2
+        assert list(state.transports.values()) != [transport]
+    finally:
+        channel.close()
+
+
+# --- deadline and bounded engine state -----------------------------------------------------------
+
+
+def test_inform_unanswered_by_the_attempt_deadline_is_deadline_exceeded() -> None:
+    channel = make_channel(timeout=3.0, retries=2)  # alone, these would allow ~13 s
+    silent = free_udp_socket()
+    try:
+        raw = {"host": "127.0.0.1", "port": silent.getsockname()[1], "community": COMMUNITY, "inform": True}
+        delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() + 0.5)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="not acknowledged: attempt deadline reached"):
+            channel.send(channel.parse_config(raw), delivery)
+        assert time.monotonic() - started < 2.5
+    finally:
+        silent.close()
+        channel.close()
+
+
+def test_an_attempt_already_past_its_deadline_sends_nothing(channel: SnmpChannel, rx: SnmpReceiver) -> None:
+    delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() - 1)
+    with pytest.raises(DeadlineExceeded):
+        channel.send(channel.parse_config(v2c(rx)), delivery)
+    with pytest.raises(AssertionError):
+        rx.wait_for_traps(1, timeout=0.3)
+
+
+def test_engines_for_many_engine_ids_stay_bounded(rx: SnmpReceiver) -> None:
+    settings = make_settings(snmp={"timeout": 1.0, "retries": 0, "max_engines": 4})
+    http = HttpClient(connect_timeout=1, read_timeout=1, user_agent="test", pool_size=1)
+    channel = SnmpChannel(ChannelContext(settings=settings, http=http))
+    try:
+        channel.send(channel.parse_config(v3(rx, engine_id="0x80001f8804ffffffff")), make_delivery())
+        fds_before = len(os.listdir("/proc/self/fd"))  # the loop thread and one engine are running
+        for number in range(16):
+            engine_id = "0x80001f8804" + f"{number:08x}"
+            channel.send(channel.parse_config(v3(rx, engine_id=engine_id)), make_delivery())
+        engines = channel.notifier().engines
+        assert len(engines) <= 4
+        assert engines.evicted >= 13
+        # Evicted engines closed their sockets (closing happens on the loop thread: wait for it).
+        assert wait_until(lambda: len(os.listdir("/proc/self/fd")) - fds_before <= 3 + 2)
+        # An evicted engine ID comes back as a fresh engine and its traps are still accepted.
+        channel.send(channel.parse_config(v3(rx)), make_delivery({**SAMPLE_PAYLOAD, "alert_id": 7}))
+        for number in range(4):
+            channel.send(channel.parse_config(v3(rx, engine_id=f"0x80001f8805{number:08x}")), make_delivery())
+        channel.send(channel.parse_config(v3(rx)), make_delivery({**SAMPLE_PAYLOAD, "alert_id": 8}))
+        accepted = [trap for trap in rx.wait_for_traps(2) if trap.security_name == "pulse-sha-aes"]
+        assert [trap.varbinds[f"{DEFAULT_OID_PREFIX}.1.1.0"] for trap in accepted] == ["7", "8"]
+    finally:
+        channel.close()
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())

@@ -159,16 +159,23 @@ def mosquitto_password_broker(workdir: Path, users: Mapping[str, str]) -> Iterat
 
 class FakeBroker:
     """Accepts TCP connections on 127.0.0.1, answers CONNECT with ``connack`` (None: stays silent),
-    then reads and ignores everything: no PUBACK ever comes back."""
+    then reads everything and never acknowledges a PUBLISH. With ``answer_pings`` it answers PINGREQ
+    with PINGRESP; with ``drop_on_publish`` it closes the connection on the first PUBLISH, as a
+    broker does with a topic it refuses."""
 
-    def __init__(self, connack: bytes | None) -> None:
+    def __init__(
+        self, connack: bytes | None, *, answer_pings: bool = False, drop_on_publish: bool = False
+    ) -> None:
         self.connack = connack
+        self.answer_pings = answer_pings
+        self.drop_on_publish = drop_on_publish
         self._server = socket.socket()
         self._server.bind((HOST, 0))
         self._server.listen(16)
         self._server.settimeout(0.1)
         self.port = int(self._server.getsockname()[1])
         self.connections = 0
+        self.publishes = 0
         self._stop = threading.Event()
         self._clients: list[socket.socket] = []
         self._thread = threading.Thread(target=self._serve, name="fake-mqtt-broker", daemon=True)
@@ -200,7 +207,7 @@ class FakeBroker:
 
     def _handle(self, client: socket.socket) -> None:
         client.settimeout(0.1)
-        answered = False
+        buffer = b""
         while not self._stop.is_set():
             try:
                 data = client.recv(65536)
@@ -210,9 +217,45 @@ class FakeBroker:
                 return
             if not data:
                 return
-            if not answered and self.connack is not None:
-                answered = True
-                try:
-                    client.sendall(self.connack)
-                except OSError:
+            buffer += data
+            while (packet := _next_packet(buffer)) is not None:
+                kind, size = packet
+                buffer = buffer[size:]
+                if not self._answer(client, kind):
                     return
+
+    def _answer(self, client: socket.socket, kind: int) -> bool:
+        """Answer one packet (by MQTT packet type); False once the connection is closed."""
+        reply = b""
+        if kind == 1 and self.connack is not None:  # CONNECT
+            reply = self.connack
+        elif kind == 3:  # PUBLISH
+            self.publishes += 1
+            if self.drop_on_publish:
+                client.close()
+                return False
+        elif kind == 12 and self.answer_pings:  # PINGREQ
+            reply = b"\xd0\x00"
+        if reply:
+            try:
+                client.sendall(reply)
+            except OSError:
+                return False
+        return True
+
+
+def _next_packet(buffer: bytes) -> tuple[int, int] | None:
+    """(packet type, total size) of the first whole MQTT packet in buffer, or None if incomplete."""
+    length, multiplier, index = 0, 1, 1
+    while True:
+        if index >= len(buffer):
+            return None
+        byte = buffer[index]
+        length += (byte & 0x7F) * multiplier
+        multiplier *= 128
+        index += 1
+        if not byte & 0x80:
+            break
+    if len(buffer) < index + length:
+        return None
+    return buffer[0] >> 4, index + length
