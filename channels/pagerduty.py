@@ -106,7 +106,14 @@ class PagerDutyChannel:
     def send(self, config: PagerDutyConfig, delivery: Delivery) -> Receipt:
         body = json.dumps(build_event(config.routing_key, delivery.alert)).encode()
         headers = {"Content-Type": "application/json"}
-        return self.http.send(self.events_url, body, headers=headers, service="PagerDuty")
+        return self.http.send(
+            self.events_url,
+            body,
+            headers=headers,
+            service="PagerDuty",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass

@@ -19,6 +19,7 @@ from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, require_str
 from channels.context import ChannelContext
 from channels.http import check_url
+from channels.secrets import url_secrets
 
 COLOURS = {"CRITICAL": "#e94560", "HIGH": "#ff9800", "MEDIUM": "#ffc107"}
 DEFAULT_COLOUR = "#2196f3"
@@ -36,7 +37,8 @@ class SlackConfig:
     webhook_url: str
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.webhook_url,)
+        """The URL and each credential-bearing part of it (path segments, query values)."""
+        return tuple(sorted(url_secrets(self.webhook_url)))
 
     def destination(self) -> str:
         return self.webhook_url
@@ -104,7 +106,14 @@ class SlackChannel:
     def send(self, config: SlackConfig, delivery: Delivery) -> Receipt:
         body = json.dumps(build_message(delivery.alert)).encode()
         headers = {"Content-Type": "application/json"}
-        return self.http.send(config.webhook_url, body, headers=headers, service="Slack")
+        return self.http.send(
+            config.webhook_url,
+            body,
+            headers=headers,
+            service="Slack",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass

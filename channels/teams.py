@@ -21,6 +21,7 @@ from channels.base import Delivery, Receipt, config_object, optional_str, requir
 from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig
 from channels.http import check_url
+from channels.secrets import url_secrets
 
 FORMATS = ("adaptive", "messagecard")
 DEFAULT_FORMAT = "adaptive"
@@ -47,7 +48,8 @@ class TeamsConfig:
     format: str = DEFAULT_FORMAT
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.webhook_url,)
+        """The URL and each credential-bearing part of it (path segments, query values)."""
+        return tuple(sorted(url_secrets(self.webhook_url)))
 
     def destination(self) -> str:
         return self.webhook_url
@@ -149,7 +151,14 @@ class TeamsChannel:
     def send(self, config: TeamsConfig, delivery: Delivery) -> Receipt:
         body = json.dumps(BUILDERS[config.format](delivery.alert)).encode()
         headers = {"Content-Type": "application/json"}
-        return self.http.send(config.webhook_url, body, headers=headers, service="Teams")
+        return self.http.send(
+            config.webhook_url,
+            body,
+            headers=headers,
+            service="Teams",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass

@@ -32,7 +32,8 @@ from channels.base import Delivery, Receipt, config_object, optional_str
 from channels.base import require_str as _require_str
 from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig
-from channels.http import check_url
+from channels.http import check_headers, check_url
+from channels.secrets import header_secrets, url_secrets
 from channels.templating import render
 
 ALLOWED_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -53,9 +54,11 @@ class WebhookConfig:
     signature: str = DEFAULT_SIGNATURE
 
     def secrets(self) -> tuple[str, ...]:
-        if not self.secret:
-            return ()
-        return (self.secret, self.secret.removeprefix(STANDARD_SECRET_PREFIX))
+        """The signing secret, the URL's path/query parts and every non-format header value."""
+        found = url_secrets(self.url) | header_secrets(self.headers)
+        if self.secret:
+            found |= {self.secret, self.secret.removeprefix(STANDARD_SECRET_PREFIX)}
+        return tuple(sorted(found))
 
     def destination(self) -> str:
         return self.url
@@ -119,22 +122,6 @@ def _signature(raw: Mapping[str, Any], secret: str | None) -> str:
     return mode
 
 
-def _headers(raw: Any) -> dict[str, str]:
-    if raw in (None, ""):
-        return {}
-    if not isinstance(raw, Mapping):
-        raise InvalidChannelConfig("config.headers must be an object of header names to strings")
-    headers: dict[str, str] = {}
-    for name, value in raw.items():
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise InvalidChannelConfig(f"config.headers.{name} must be a string")
-        text = str(value)
-        if any(ch in f"{name}{text}" for ch in "\r\n\x00"):
-            raise InvalidChannelConfig(f"config.headers.{name} contains a line break")
-        headers[str(name)] = text
-    return headers
-
-
 def render_body(config: WebhookConfig, delivery: Delivery) -> tuple[bytes, str]:
     """The exact body bytes and their content type."""
     template = config.body_template
@@ -181,7 +168,7 @@ class WebhookChannel:
         return WebhookConfig(
             url=url,
             method=method,
-            headers=_headers(raw.get("headers")),
+            headers=check_headers(raw.get("headers")),
             secret=secret,
             body_template=template if template != "" else None,
             signature=_signature(raw, secret),
@@ -192,7 +179,15 @@ class WebhookChannel:
         headers = {"Content-Type": content_type, **config.headers}
         headers["Idempotency-Key"] = delivery.key
         headers.update(signature_headers(config, delivery.key, body, now=self.clock()))
-        return self.http.send(config.url, body, headers=headers, method=config.method, service="webhook")
+        return self.http.send(
+            config.url,
+            body,
+            headers=headers,
+            method=config.method,
+            service="webhook",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass
