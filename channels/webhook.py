@@ -13,6 +13,13 @@ receivers can drop duplicates. ``config.signature`` picks the signature headers 
   used as its raw UTF-8 bytes (receivers then verify with ``Webhook(secret.encode())``, or with
   ``"whsec_" + base64(secret)``).
 - ``both``: all of the above; ``none``: no signature headers even when a secret is set.
+
+A ``body_template`` object has its string values rendered and is sent as JSON. A string template that
+is a JSON document (``{{"text": "{message}"}}``) gets every value JSON-escaped and is sent as
+``application/json``: an alert value can never end a string, add a field or repeat a key. A string
+template that looks like JSON but cannot render valid JSON (a bare ``{severity_level}``, a
+placeholder in a key, a key twice) is refused at config parse; any other string is sent as
+``text/plain``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +49,7 @@ SIGNATURE_MODES = ("hmac-sha256", "standard", "both", "none")
 DEFAULT_SIGNATURE = "hmac-sha256"
 STANDARD_SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's prefix, not a secret
 _NOT_HEADER_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PLACEHOLDER_MARK = "\ue000"  # private use: valid JSON only inside a string
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class WebhookConfig:
     secret: str | None = None
     body_template: Any = None  # str or object with {placeholders}; None sends the payload
     signature: str = DEFAULT_SIGNATURE
+    json_template: bool = False  # a string body_template that is a JSON document (template_is_json)
 
     def secrets(self) -> tuple[str, ...]:
         """The signing secret, the URL's path/query parts and every non-format header value."""
@@ -122,6 +131,51 @@ def _signature(raw: Mapping[str, Any], secret: str | None) -> str:
     return mode
 
 
+def json_fragment(value: str) -> str:
+    """``value`` escaped for the inside of a JSON string (quotes, backslashes, control characters)."""
+    return json.dumps(value)[1:-1]
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"duplicate key {duplicate[:40]!r}")
+    return dict(pairs)
+
+
+def _keys(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys(item)
+
+
+def template_is_json(template: str) -> bool:
+    """Whether a string body_template is a JSON document (values then go in JSON-escaped).
+
+    Every placeholder is rendered as a marker that is only valid JSON inside a string: a template
+    that looks like JSON (starts with ``{``/``[`` once rendered) must parse so, with its placeholders
+    inside string values (never bare, never in keys) and no key twice; otherwise InvalidChannelConfig.
+    A template that does not look like JSON is plain text."""
+    probe = render(template, {}, escape=lambda _: _PLACEHOLDER_MARK, where="config.body_template")
+    try:
+        parsed = json.loads(probe, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:
+        if probe.lstrip().startswith(("{", "[")):
+            raise InvalidChannelConfig(
+                "config.body_template looks like JSON but cannot render valid JSON: every {placeholder} "
+                f"must sit inside a JSON string, and no key may repeat ({str(exc)[:80]})"
+            ) from None
+        return False
+    if any(_PLACEHOLDER_MARK in key for key in _keys(parsed)):
+        raise InvalidChannelConfig("config.body_template: {placeholders} cannot be used in JSON object keys")
+    return True
+
+
 def render_body(config: WebhookConfig, delivery: Delivery) -> tuple[bytes, str]:
     """The exact body bytes and their content type."""
     template = config.body_template
@@ -129,12 +183,12 @@ def render_body(config: WebhookConfig, delivery: Delivery) -> tuple[bytes, str]:
         return json.dumps(dict(delivery.payload), default=str).encode(), "application/json"
     values = delivery.alert.placeholders()
     if isinstance(template, str):
-        text = render(template, values, where="config.body_template")
-        try:
-            json.loads(text)
-            return text.encode(), "application/json"
-        except ValueError:
-            return text.encode(), "text/plain; charset=utf-8"
+        if not config.json_template:
+            return render(
+                template, values, where="config.body_template"
+            ).encode(), "text/plain; charset=utf-8"
+        text = render(template, values, escape=json_fragment, where="config.body_template")
+        return text.encode(), "application/json"
     return json.dumps(_render_values(template, values)).encode(), "application/json"
 
 
@@ -165,13 +219,16 @@ class WebhookChannel:
         if template is not None and not isinstance(template, str | dict | list):
             raise InvalidChannelConfig("config.body_template must be a string or an object")
         secret = optional_str(raw, "secret")
+        if template == "":
+            template = None
         return WebhookConfig(
             url=url,
             method=method,
             headers=check_headers(raw.get("headers")),
             secret=secret,
-            body_template=template if template != "" else None,
+            body_template=template,
             signature=_signature(raw, secret),
+            json_template=isinstance(template, str) and template_is_json(template),
         )
 
     def send(self, config: WebhookConfig, delivery: Delivery) -> Receipt:
