@@ -7,10 +7,12 @@ a peer trickling its answer is cut at the attempt deadline.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import time
 from collections.abc import Iterator
 
 import pytest
+import trustme
 
 from channels.errors import DeadlineExceeded, PermanentError, TransientError
 from channels.http import BODY_CAP, parse_retry_after
@@ -115,6 +117,30 @@ def test_a_peer_trickling_its_status_line_is_cut_at_the_deadline(registry):
             send(registry, server.url(), deadline_in=1.5)
         assert time.monotonic() - started < 30  # the trickle alone would last 8 minutes
         assert server.closed.wait(30)
+
+
+def test_a_tls_peer_trickling_its_answer_is_cut_at_the_deadline(tmp_path):
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    registry = build_registry(make_settings(http={"read_timeout": 5.0}, tls={"ca_file": str(ca_file)}))
+
+    def trickle(conn: RawConnection) -> None:
+        conn.trickle(b"HTTP/1.1 200 OK\r\n" * 100, every=0.3)
+
+    try:
+        with raw_http_server(trickle, tls=context) as server:
+            started = time.monotonic()
+            channel = WebhookChannel(registry.context)
+            delivery = dataclasses.replace(make_delivery(), deadline=time.monotonic() + 1.5)
+            with pytest.raises(DeadlineExceeded):
+                channel.send(channel.parse_config({"url": server.url(host="localhost")}), delivery)
+            assert time.monotonic() - started < 30
+            assert server.closed.wait(30)
+    finally:
+        registry.close()
 
 
 def test_a_peer_trickling_an_error_body_is_cut_and_keeps_its_status(registry):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,8 +47,10 @@ class RawServer:
     sent: list[int] = field(default_factory=list)
     closed: threading.Event = field(default_factory=threading.Event)  # an answer ended (peer gone or done)
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    scheme: str = "http"
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
 
 def _read_request(sock: socket.socket) -> bytes:
@@ -72,15 +75,18 @@ def _read_request(sock: socket.socket) -> bytes:
 
 
 @contextlib.contextmanager
-def raw_http_server(answer: Answer) -> Iterator[RawServer]:
+def raw_http_server(answer: Answer, tls: ssl.SSLContext | None = None) -> Iterator[RawServer]:
+    """``tls``: a server-side context; each accepted connection is wrapped in it (https)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
-    server = RawServer(port=listener.getsockname()[1])
+    server = RawServer(port=listener.getsockname()[1], scheme="https" if tls else "http")
     stopping = threading.Event()
 
     def serve(sock: socket.socket) -> None:
         conn = RawConnection(sock, stopping)
         try:
+            if tls is not None:
+                sock = conn.sock = tls.wrap_socket(sock, server_side=True)
             server.requests.append(_read_request(sock))
             answer(conn)
         except OSError:
