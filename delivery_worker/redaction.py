@@ -18,7 +18,7 @@ from channels.secrets import MASK, MIN_SECRET_CHARS, header_secrets, redact, url
 __all__ = ["MASK", "MIN_SECRET_CHARS", "redact", "redacted_error", "secret_values"]
 
 SECRET_KEY = re.compile(
-    r"secret|password|passwd|token|key|community|webhook_url|auth|priv|cookie|sig|credential|bearer", re.I
+    r"secret|password|passwd|token|key|community|webhook_url|auth|priv|cookie|credential|bearer", re.I
 )
 
 
