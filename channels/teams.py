@@ -138,6 +138,7 @@ def build_message_card(alert: Alert) -> dict[str, Any]:
         "themeColor": colour,
         "summary": cut(shown.headline, 200),
         "title": title,
+        "text": _fact_value(f"Device: {alert.device_id or 'unknown'} · Type: {alert.alert_type or '-'}"),
         "sections": [section],
     }
 
