@@ -3,8 +3,9 @@
 A peer in a separate process (so its memory is not counted) answers every request with a 300 MB
 body (200 or 500) or an endless chunked 200; the webhook channel sends to it from this process and
 the figure is this process's peak RSS after each case (``ru_maxrss``: it only grows, so each line is
-the peak so far). Before the body cap the same cases took 653 MB (a 200), 1.2 GB (a 500), 3.2 GB
-(four 500s at once) and 1.56 GB (endless chunked).
+the peak so far); a 500 whose gzip body unpacks to that size checks decompression too. Before the
+body cap the same cases took 653 MB (a 200), 1.2 GB (a 500), 3.2 GB (four 500s at once) and
+1.56 GB (endless chunked).
 
     .venv/bin/python -m bench.http_body_rss            # 300 MB bodies
     .venv/bin/python -m bench.http_body_rss --quick    # 30 MB bodies
@@ -17,6 +18,7 @@ import resource
 import socket
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.common import base_parser, machine
@@ -46,6 +48,13 @@ def _answer(conn: socket.socket, body_bytes: int) -> None:
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
             while True:
                 conn.sendall(b"10000\r\n" + CHUNK + b"\r\n")
+        if path == b"/bomb":  # gzip of body_bytes zeros: about a thousandth of that on the wire
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            zeros = bytes(len(CHUNK))
+            bomb = b"".join(packer.compress(zeros) for _ in range(body_bytes // len(CHUNK))) + packer.flush()
+            head = f"HTTP/1.1 500 Oops\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+            conn.sendall(head.encode() + bomb)
+            return
         status = b"200 OK" if path == b"/ok" else b"500 Internal Server Error"
         conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(body_bytes).encode() + b"\r\n\r\n")
         for _ in range(body_bytes // len(CHUNK)):
@@ -86,6 +95,7 @@ def main() -> None:
         (f"200 with a {body_mb} MB body", lambda: send("/ok")),
         (f"500 with a {body_mb} MB body", lambda: send("/error")),
         ("endless chunked 200", lambda: send("/endless")),
+        (f"500, gzip of {body_mb} MB zeros", lambda: send("/bomb")),
         (f"four 500s at once ({body_mb} MB each)", lambda: ", ".join(_four(send))),
     ]
     for name, run in cases:

@@ -41,6 +41,7 @@ from channels.errors import (
     TransientError,
 )
 from channels.netguard import AddressPolicy, GuardedAdapter, Resolver
+from channels.presentation import cut, one_line
 from channels.secrets import redact
 from channels.wire import AttemptConnection, HeadersUnreadable, watching
 
@@ -140,8 +141,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
+    """One line of at most EXCERPT_CHARS characters: control characters and line breaks flattened."""
+    return cut(one_line(text), EXCERPT_CHARS)
 
 
 class HttpClient:
