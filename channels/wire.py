@@ -38,21 +38,35 @@ class StatusFirstResponse(http.client.HTTPResponse):
 
 
 class AttemptConnection:
-    """The connection one send is using; ``cut()`` shuts its socket (called by the deadline watchdog)."""
+    """The connection one send is using; ``cut()`` shuts its socket (called by the deadline watchdog).
+
+    A connection goes back to the pool when its answer is read, and another thread may take it at
+    once: ``cut()`` only touches a connection this attempt still owns (the last to use it), and
+    ``release()`` at the end of the send makes a late cut a no-op."""
 
     def __init__(self) -> None:
         self.connection: Any = None
 
     def cut(self) -> None:
-        sock = getattr(self.connection, "sock", None)
-        if sock is None:
-            return
-        # The plain socket's shutdown, also for TLS: SSLSocket.shutdown would drop its SSL object
-        # under the thread still reading from it. Shutting down wakes that thread with EOF.
-        with contextlib.suppress(OSError):  # already closed: nothing left to cut
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        with _ownership:
+            connection = self.connection
+            if connection is None or getattr(connection, _OWNER, None) is not self:
+                return
+            sock = getattr(connection, "sock", None)
+            if sock is None:
+                return
+            # The plain socket's shutdown, also for TLS: SSLSocket.shutdown would drop its SSL object
+            # under the thread still reading from it. Shutting down wakes that thread with EOF.
+            with contextlib.suppress(OSError):  # already closed: nothing left to cut
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def release(self) -> None:
+        with _ownership:
+            self.connection = None
 
 
+_OWNER = "_delivery_attempt"
+_ownership = threading.Lock()  # who owns a connection changes, and is cut, under this lock
 _current = threading.local()
 
 
@@ -64,10 +78,13 @@ def watching(attempt: AttemptConnection) -> Iterator[AttemptConnection]:
         yield attempt
     finally:
         _current.attempt = None
+        attempt.release()
 
 
 def note_in_use(connection: Any) -> None:
     """Called by the connection classes when they connect or send a request."""
     attempt = getattr(_current, "attempt", None)
-    if attempt is not None:
-        attempt.connection = connection
+    with _ownership:
+        setattr(connection, _OWNER, attempt)
+        if attempt is not None:
+            attempt.connection = connection

@@ -195,3 +195,31 @@ def test_retry_after_superscript_from_a_real_server_is_ignored(registry):
 
 def test_body_cap_is_small():
     assert BODY_CAP <= 64 * 1024
+
+
+def test_a_late_cut_never_touches_a_connection_another_send_now_uses():
+    import socket
+    import types
+
+    from channels.wire import AttemptConnection, note_in_use, watching
+
+    mine, peer = socket.socketpair()
+    connection = types.SimpleNamespace(sock=mine)
+    first, second = AttemptConnection(), AttemptConnection()
+    with watching(first):
+        note_in_use(connection)
+    first.cut()  # released when its send ended: a late deadline does nothing
+    with watching(first):
+        note_in_use(connection)
+        with watching(second):  # the pool handed the connection to another send
+            note_in_use(connection)
+        first.cut()  # no longer the owner
+        peer.sendall(b"x")
+        assert mine.recv(1) == b"x"  # still open
+        second.connection = connection
+        with watching(second):
+            note_in_use(connection)
+            second.cut()
+            assert mine.recv(1) == b""  # the owner's cut shuts it
+    mine.close()
+    peer.close()
