@@ -16,10 +16,11 @@ receivers can drop duplicates. ``config.signature`` picks the signature headers 
 
 A ``body_template`` object has its string values rendered and is sent as JSON. A string template that
 is a JSON document (``{{"text": "{message}"}}``) gets every value JSON-escaped and is sent as
-``application/json``: an alert value can never end a string, add a field or repeat a key. A string
-template that looks like JSON but cannot render valid JSON (a bare ``{severity_level}``, a
-placeholder in a key, a key twice) is refused at config parse; any other string is sent as
-``text/plain``.
+``application/json``: an alert value can never end a string, add a field or repeat a key. A bare
+placeholder (``{{"level": {severity_level}}}``) becomes a JSON number when its value is one, else a
+JSON string. A string template that looks like JSON but cannot render valid JSON (a placeholder in a
+key, after a backslash, a key twice, a syntax error) is refused at config parse; any other string is
+sent as ``text/plain``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hashlib
 import hmac
 import json
 import re
+import string
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ DEFAULT_SIGNATURE = "hmac-sha256"
 STANDARD_SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's prefix, not a secret
 _NOT_HEADER_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _PLACEHOLDER_MARK = "\ue000"  # private use: valid JSON only inside a string
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_FORMATTER = string.Formatter()
 
 
 @dataclass(frozen=True)
@@ -154,21 +158,62 @@ def _keys(node: Any) -> Iterator[str]:
             yield from _keys(item)
 
 
+def json_scalar(value: str) -> str:
+    """A value standing outside any JSON string: a JSON number if it is one, else a JSON string."""
+    return value if _JSON_NUMBER.fullmatch(value) else json.dumps(value)
+
+
+def _inside_strings(template: str) -> list[bool]:
+    """For each {placeholder} of a JSON template, in order: whether it sits inside a JSON string."""
+    flags: list[bool] = []
+    in_string = escaped = False
+    for literal, name, _, _ in _FORMATTER.parse(template):
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif in_string and ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = not in_string
+        if name is not None:
+            if escaped:  # "\{x}": the value's first character would be read as an escape
+                raise InvalidChannelConfig("config.body_template: a {placeholder} follows a backslash")
+            flags.append(in_string)
+    return flags
+
+
+def json_inserter(template: str, *, probe: bool = False) -> Callable[[str], str]:
+    """An escape for render(): JSON-escaped inside strings, json_scalar outside (once per placeholder)."""
+    flags = iter(_inside_strings(template))
+
+    def insert(value: str) -> str:
+        inside = next(flags, True)
+        if probe:
+            return _PLACEHOLDER_MARK if inside else f'"{_PLACEHOLDER_MARK}"'
+        return json_fragment(value) if inside else json_scalar(value)
+
+    return insert
+
+
 def template_is_json(template: str) -> bool:
     """Whether a string body_template is a JSON document (values then go in JSON-escaped).
 
-    Every placeholder is rendered as a marker that is only valid JSON inside a string: a template
-    that looks like JSON (starts with ``{``/``[`` once rendered) must parse so, with its placeholders
-    inside string values (never bare, never in keys) and no key twice; otherwise InvalidChannelConfig.
-    A template that does not look like JSON is plain text."""
-    probe = render(template, {}, escape=lambda _: _PLACEHOLDER_MARK, where="config.body_template")
+    Every placeholder is rendered as a marker (a raw private-use character inside a string, a
+    string of it outside one): a template that looks like JSON (starts with ``{``/``[`` once
+    rendered) must then parse, without placeholders in keys and without a key twice; otherwise
+    InvalidChannelConfig. A template that does not look like JSON is plain text."""
+    render(template, {}, where="config.body_template")  # a malformed template fails here, by name
     try:
+        probe = render(template, {}, escape=json_inserter(template, probe=True), where="config.body_template")
         parsed = json.loads(probe, object_pairs_hook=_no_duplicate_keys)
-    except ValueError as exc:
-        if probe.lstrip().startswith(("{", "[")):
+    except (ValueError, InvalidChannelConfig) as exc:
+        looks_like_json = template.lstrip().startswith(("{{", "["))
+        if isinstance(exc, InvalidChannelConfig) and looks_like_json:
+            raise
+        if looks_like_json:
             raise InvalidChannelConfig(
-                "config.body_template looks like JSON but cannot render valid JSON: every {placeholder} "
-                f"must sit inside a JSON string, and no key may repeat ({str(exc)[:80]})"
+                "config.body_template looks like JSON but cannot render valid JSON "
+                f"(no key may repeat; {str(exc)[:80]})"
             ) from None
         return False
     if any(_PLACEHOLDER_MARK in key for key in _keys(parsed)):
@@ -187,7 +232,7 @@ def render_body(config: WebhookConfig, delivery: Delivery) -> tuple[bytes, str]:
             return render(
                 template, values, where="config.body_template"
             ).encode(), "text/plain; charset=utf-8"
-        text = render(template, values, escape=json_fragment, where="config.body_template")
+        text = render(template, values, escape=json_inserter(template), where="config.body_template")
         return text.encode(), "application/json"
     return json.dumps(_render_values(template, values)).encode(), "application/json"
 

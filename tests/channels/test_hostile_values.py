@@ -82,17 +82,31 @@ def test_a_crafted_message_cannot_inject_fields_or_repeat_a_key(webhook):
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ('{{"n": {severity_level}}}', "must sit inside a JSON string"),
         ('{{"text": "{message}",}}', "cannot render valid JSON"),
         ('{{"a": 1, "a": "{message}"}}', "no key may repeat"),
         ('{{"{device_id}": "x"}}', "cannot be used in JSON object keys"),
-        ('[{{"t": "{message}"}}, {message}]', "must sit inside a JSON string"),
+        ("{{{device_id}: 1}}", "cannot be used in JSON object keys"),
+        ('{{"path": "C:\\{device_id}"}}', "follows a backslash"),
+        ('[{{"t": "{message}"}} {message}]', "cannot render valid JSON"),
     ],
 )
 def test_templates_that_cannot_render_valid_json_are_refused_at_parse(webhook, template, message):
     with pytest.raises(InvalidChannelConfig, match="config.body_template") as caught:
         webhook.parse_config({"url": "https://h.test/x", "body_template": template})
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("4", 4), ("-2.5e3", -2500.0), ("", ""), ('1, "admin": true', '1, "admin": true'), ("NaN", "NaN")],
+)
+def test_a_bare_placeholder_is_a_number_or_a_string(webhook, value, expected):
+    config = webhook.parse_config(
+        {"url": "https://h.test/x", "body_template": '{{"level": {message}, "n": 1}}'}
+    )
+    body, content_type = render_body(config, hostile_delivery(value))
+    assert content_type == "application/json"
+    assert json.loads(body) == {"level": expected, "n": 1}
 
 
 def test_a_plain_text_template_is_sent_as_text(webhook):
