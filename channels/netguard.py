@@ -51,6 +51,7 @@ from urllib3.poolmanager import PoolManager
 from urllib3.util.connection import allowed_gai_family
 
 from channels.errors import BlockedAddress, InvalidChannelConfig, PermanentError, TransientError
+from channels.wire import StatusFirstResponse, note_in_use
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -299,7 +300,12 @@ def _pinned_connect(conn: HTTPConnection, policy: AddressPolicy, resolver: Resol
 
 
 class GuardedHTTPConnection(HTTPConnection):
-    """An urllib3 connection that connects to the checked address of its host (see _pinned_connect)."""
+    """An urllib3 connection that connects to the checked address of its host (see _pinned_connect).
+
+    It also tells channels/wire.py when the current thread uses it (so an attempt deadline can cut
+    it) and keeps a response's status when its headers cannot be parsed."""
+
+    response_class = StatusFirstResponse
 
     def __init__(self, *args: Any, policy: AddressPolicy, resolver: Resolver, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -308,11 +314,21 @@ class GuardedHTTPConnection(HTTPConnection):
 
     def _new_conn(self) -> socket.socket:
         return _pinned_connect(self, self.address_policy, self.resolver)
+
+    def connect(self) -> None:
+        note_in_use(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        note_in_use(self)
+        super().request(*args, **kwargs)
 
 
 class GuardedHTTPSConnection(HTTPSConnection):
     """HTTPS over the checked address; SNI and certificate verification use the URL's host name."""
 
+    response_class = StatusFirstResponse
+
     def __init__(self, *args: Any, policy: AddressPolicy, resolver: Resolver, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.address_policy = policy
@@ -320,6 +336,14 @@ class GuardedHTTPSConnection(HTTPSConnection):
 
     def _new_conn(self) -> socket.socket:
         return _pinned_connect(self, self.address_policy, self.resolver)
+
+    def connect(self) -> None:
+        note_in_use(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        note_in_use(self)
+        super().request(*args, **kwargs)
 
 
 class GuardedHTTPConnectionPool(HTTPConnectionPool):

@@ -4,7 +4,8 @@ PagerDuty answers 202 when it accepted an event, 400 for an event it will never 
 error), 429 when throttled and 5xx on its own failures (both worth retrying); ``channels/http.py``
 classifies them so. A trigger carries PD-CEF fields: summary (<= 1024 chars), severity, source
 (device), class (alert type), group (site), timestamp (``triggered_at`` when it is ISO 8601) and
-custom_details; acknowledge and resolve need only the dedup_key, and PagerDuty ignores a payload on them.
+custom_details (the producer's ``details`` whole, our fields beside them: see ``custom_details``);
+acknowledge and resolve need only the dedup_key, and PagerDuty ignores a payload on them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, require_str
 from channels.context import ChannelContext
+from channels.presentation import cut, one_line
 
 SUMMARY_LIMIT = 1024
+SOURCE_LIMIT = 255
 CLIENT = "delivery-worker"  # shown in PagerDuty as the monitoring tool that sent the event
 ACTIONS = {"OPEN": "trigger", "ACKNOWLEDGED": "acknowledge", "CLOSED": "resolve"}
 
@@ -60,7 +63,29 @@ def iso_timestamp(value: str) -> str | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
 
 
-def build_event(routing_key: str, alert: Alert) -> dict[str, Any]:
+def custom_details(alert: Alert, details: Any) -> dict[str, Any]:
+    """The producer's ``details`` kept whole, our fields beside them (never over a producer's key).
+
+    An object is used as it is, with alert_id, tenant_id, site_id and alert_type added only under
+    keys it does not have; anything else a producer sent (a list, a string, a number) is kept
+    under ``details``."""
+    ours = {
+        "alert_id": alert.alert_id,
+        "tenant_id": alert.tenant_id,
+        "site_id": alert.site_id,
+        "alert_type": alert.alert_type,
+    }
+    if isinstance(details, Mapping):
+        kept = dict(details)
+    elif details is None:
+        kept = {}
+    else:
+        kept = {"details": details}
+    return {**ours, **kept}
+
+
+def build_event(routing_key: str, alert: Alert, details: Any = None) -> dict[str, Any]:
+    """The Events API v2 body; ``details`` is the producer's own ``payload.details``, any JSON type."""
     action = ACTIONS.get(alert.event, "trigger")
     event: dict[str, Any] = {
         "routing_key": routing_key,
@@ -68,18 +93,12 @@ def build_event(routing_key: str, alert: Alert) -> dict[str, Any]:
         "dedup_key": dedup_key(alert),
     }
     if action == "trigger":
-        summary = f"[{alert.severity_label}] {alert.message or alert.alert_type or 'Alert'}"
+        summary = one_line(f"[{alert.severity_label}] {alert.message or alert.alert_type or 'Alert'}")
         payload: dict[str, Any] = {
-            "summary": summary[:SUMMARY_LIMIT],
+            "summary": cut(summary, SUMMARY_LIMIT),
             "severity": pagerduty_severity(alert.severity),
-            "source": alert.device_id or "unknown",
-            "custom_details": {
-                **alert.details,
-                "alert_id": alert.alert_id,
-                "tenant_id": alert.tenant_id,
-                "site_id": alert.site_id,
-                "alert_type": alert.alert_type,
-            },
+            "source": cut(one_line(alert.device_id), SOURCE_LIMIT) or "unknown",
+            "custom_details": custom_details(alert, details),
         }
         if alert.alert_type:
             payload["class"] = alert.alert_type
@@ -104,9 +123,17 @@ class PagerDutyChannel:
         return PagerDutyConfig(routing_key=require_str(config_object(raw), "integration_key"))
 
     def send(self, config: PagerDutyConfig, delivery: Delivery) -> Receipt:
-        body = json.dumps(build_event(config.routing_key, delivery.alert)).encode()
+        details = delivery.payload.get("details")
+        body = json.dumps(build_event(config.routing_key, delivery.alert, details), default=str).encode()
         headers = {"Content-Type": "application/json"}
-        return self.http.send(self.events_url, body, headers=headers, service="PagerDuty")
+        return self.http.send(
+            self.events_url,
+            body,
+            headers=headers,
+            service="PagerDuty",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass

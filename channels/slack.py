@@ -1,11 +1,14 @@
 """Slack incoming webhooks: a coloured attachment with Block Kit content and a plain-text fallback.
 
 The top-level ``text`` is what notifications and clients without Block Kit show; the blocks sit in
-a secondary attachment because only an attachment carries the severity colour bar. Slack reads
-``&``, ``<`` and ``>`` as control characters in ``text`` and in mrkdwn text objects, so alert values
-are escaped as Slack's formatting reference requires (``&amp;``, ``&lt;``, ``&gt;``), which also keeps
-an alert message from injecting ``<!channel>`` mentions or links. Texts are cut to Slack's block
-limits, since an over-long block makes Slack refuse the whole message with HTTP 400.
+a secondary attachment because only an attachment carries the colour bar (by severity when OPEN,
+grey when ACKNOWLEDGED, green when RESOLVED; see channels/presentation.py for the wording). Slack
+reads ``&``, ``<`` and ``>`` as control characters in ``text``, so the fallback is escaped as Slack's
+formatting reference requires (``&amp;``, ``&lt;``, ``&gt;``), which also keeps an alert message from
+injecting ``<!channel>`` mentions or links. In the blocks every alert value is a ``plain_text``
+object: a header (one line, so the bold headline survives any message), the message, the fields and
+the context. Texts are cut to Slack's block limits, since an over-long block makes Slack refuse the
+whole message with HTTP 400.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, require_str
 from channels.context import ChannelContext
 from channels.http import check_url
+from channels.presentation import ACKNOWLEDGED, RESOLVED, cut, look, one_line
+from channels.secrets import url_secrets
 
-COLOURS = {"CRITICAL": "#e94560", "HIGH": "#ff9800", "MEDIUM": "#ffc107"}
+COLOURS = {"CRITICAL": "#e94560", "HIGH": "#ff9800", "MEDIUM": "#ffc107"}  # OPEN, by severity
 DEFAULT_COLOUR = "#2196f3"
 RESOLVED_COLOUR = "#2eb67d"
+ACKNOWLEDGED_COLOUR = "#9e9e9e"
+STATE_COLOURS = {RESOLVED: RESOLVED_COLOUR, ACKNOWLEDGED: ACKNOWLEDGED_COLOUR}
+HEADER_TEXT_LIMIT = 150  # Block Kit: a header's text
 
 SECTION_TEXT_LIMIT = 3000  # Block Kit: a section's text
 FIELD_TEXT_LIMIT = 2000  # Block Kit: each section field
@@ -36,7 +44,8 @@ class SlackConfig:
     webhook_url: str
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.webhook_url,)
+        """The URL and each credential-bearing part of it (path segments, query values)."""
+        return tuple(sorted(url_secrets(self.webhook_url)))
 
     def destination(self) -> str:
         return self.webhook_url
@@ -59,35 +68,37 @@ def escape(text: str, limit: int | None = None) -> str:
 
 
 def build_message(alert: Alert) -> dict[str, Any]:
-    label = "RESOLVED" if alert.is_resolved else alert.severity_label
-    headline = f"[{label}] {alert.message or 'Alert'}"
-    colour = RESOLVED_COLOUR if alert.is_resolved else COLOURS.get(alert.severity_label, DEFAULT_COLOUR)
+    """The webhook message: fallback text, and an attachment with the state's colour and the blocks.
+
+    Alert values go into ``plain_text`` objects only (header, message, fields, context), which Slack
+    shows literally: no mrkdwn, links or mentions from an alert, and a headline that stays whole
+    whatever the message holds."""
+    shown = look(alert, HEADER_TEXT_LIMIT)
+    colour = STATE_COLOURS.get(shown.state) or COLOURS.get(alert.severity_label, DEFAULT_COLOUR)
     fields = [
+        ("Status", shown.status),
+        ("Severity", alert.severity_label),
         ("Device", alert.device_id or "unknown"),
         ("Type", alert.alert_type or "-"),
-        ("Severity", alert.severity_label),
         ("Site", alert.site_id or "-"),
     ]
-    field_limit = FIELD_TEXT_LIMIT - 20  # room for the "*Name:*\n" prefix
     context = " · ".join(
-        part for part in (f"Alert {alert.alert_id}", alert.event, alert.triggered_at) if part
+        part for part in (f"Alert {alert.alert_id}", shown.status, alert.triggered_at) if part
     )
-    blocks: list[dict[str, Any]] = [
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": f"*{escape(headline, SECTION_TEXT_LIMIT - 2)}*"},
-        },
-        {
-            "type": "section",
-            "fields": [
-                {"type": "mrkdwn", "text": f"*{name}:*\n{escape(value, field_limit)}"}
-                for name, value in fields
-            ],
-        },
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(context, CONTEXT_TEXT_LIMIT)}]},
-    ]
-    fallback = escape(headline, FALLBACK_TEXT_LIMIT)
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": plain(shown.headline, HEADER_TEXT_LIMIT)}]
+    if shown.details:
+        blocks.append({"type": "section", "text": plain(shown.details, SECTION_TEXT_LIMIT)})
+    blocks.append(
+        {"type": "section", "fields": [plain(f"{name}: {value}", FIELD_TEXT_LIMIT) for name, value in fields]}
+    )
+    blocks.append({"type": "context", "elements": [plain(one_line(context), CONTEXT_TEXT_LIMIT)]})
+    fallback = escape(shown.headline, FALLBACK_TEXT_LIMIT)
     return {"text": fallback, "attachments": [{"color": colour, "fallback": fallback, "blocks": blocks}]}
+
+
+def plain(text: str, limit: int) -> dict[str, str]:
+    """A Block Kit plain_text object (shown literally), cut to ``limit``; never empty."""
+    return {"type": "plain_text", "text": cut(text, limit) or "-"}
 
 
 class SlackChannel:
@@ -104,7 +115,14 @@ class SlackChannel:
     def send(self, config: SlackConfig, delivery: Delivery) -> Receipt:
         body = json.dumps(build_message(delivery.alert)).encode()
         headers = {"Content-Type": "application/json"}
-        return self.http.send(config.webhook_url, body, headers=headers, service="Slack")
+        return self.http.send(
+            config.webhook_url,
+            body,
+            headers=headers,
+            service="Slack",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass

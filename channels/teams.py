@@ -5,13 +5,18 @@ their replacement is a Teams Workflows webhook ("Post to a channel when a webhoo
 received"), which expects a message whose attachments hold Adaptive Cards. ``config.format`` picks
 the shape: ``adaptive`` (default) or ``messagecard`` for a connector URL that still works.
 
-Both show severity (as a colour), device, type, site, time and alert id; a CLOSED event is shown
-as resolved (green).
+Both show the state (channels/presentation.py: OPEN by severity colour, ACKNOWLEDGED grey,
+RESOLVED green, each with its own wording and emoji), severity, device, type, site, time and alert
+id. Teams reads Markdown in card text, so alert text never goes where Markdown is parsed unescaped:
+the headline and the message are Adaptive Card ``TextRun`` s (never Markdown), fact values are
+backslash-escaped (``markdown_literal``), and the MessageCard section has Markdown off. A
+``[link](https://evil.example)`` in a message shows literally.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,24 +26,30 @@ from channels.base import Delivery, Receipt, config_object, optional_str, requir
 from channels.context import ChannelContext
 from channels.errors import InvalidChannelConfig
 from channels.http import check_url
+from channels.presentation import ACKNOWLEDGED, RESOLVED, cut, look, one_line
+from channels.secrets import url_secrets
 
 FORMATS = ("adaptive", "messagecard")
 DEFAULT_FORMAT = "adaptive"
 
-# MessageCard themeColor, by severity label.
+# MessageCard themeColor: by severity label when OPEN, else by state.
 COLOURS = {"CRITICAL": "e94560", "HIGH": "ff9800", "MEDIUM": "ffc107"}
 DEFAULT_COLOUR = "2196f3"
 RESOLVED_COLOUR = "2eb67d"
+STATE_COLOURS = {RESOLVED: RESOLVED_COLOUR, ACKNOWLEDGED: "9e9e9e"}
 
-# Adaptive Card Container styles (the only colours a card may name), by severity label.
+# Adaptive Card Container styles (the only colours a card may name): by severity when OPEN, else by state.
 STYLES = {"CRITICAL": "attention", "HIGH": "warning", "MEDIUM": "warning"}
 DEFAULT_STYLE = "accent"
 RESOLVED_STYLE = "good"
+STATE_STYLES = {RESOLVED: RESOLVED_STYLE, ACKNOWLEDGED: "emphasis"}
 
 ADAPTIVE_CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 ADAPTIVE_CARD_VERSION = "1.4"  # rendered by Teams desktop, web and mobile
 ADAPTIVE_CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 MESSAGE_LIMIT = 2000  # Teams refuses cards over ~28 KB; an alert message is never worth that
+TITLE_LIMIT = 200
+FACT_LIMIT = 300
 
 
 @dataclass(frozen=True)
@@ -47,32 +58,25 @@ class TeamsConfig:
     format: str = DEFAULT_FORMAT
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.webhook_url,)
+        """The URL and each credential-bearing part of it (path segments, query values)."""
+        return tuple(sorted(url_secrets(self.webhook_url)))
 
     def destination(self) -> str:
         return self.webhook_url
 
 
-def _title(alert: Alert) -> str:
-    label = "RESOLVED" if alert.is_resolved else alert.severity_label
-    return f"[{label}] {_cut(alert.message, 200) or 'Alert'}"
+_MARKDOWN = re.compile(r"([\\`*_~\[\]()<>#|!])")
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def markdown_literal(text: str) -> str:
+    """Text that Teams' Markdown shows as written: each Markdown character backslash-escaped."""
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
-STATUSES = {"OPEN": "Open", "ACKNOWLEDGED": "Acknowledged", "CLOSED": "Resolved"}
-
-
-def _status(alert: Alert) -> str:
-    return STATUSES.get(alert.event, alert.event)
-
-
-def _facts(alert: Alert) -> list[tuple[str, str]]:
+def _facts(alert: Alert, status: str) -> list[tuple[str, str]]:
     return [
+        ("Status", status),
         ("Severity", alert.severity_label),
-        ("Status", _status(alert)),
         ("Device", alert.device_id or "unknown"),
         ("Type", alert.alert_type or "-"),
         ("Site", alert.site_id or "-"),
@@ -81,21 +85,29 @@ def _facts(alert: Alert) -> list[tuple[str, str]]:
     ]
 
 
+def _fact_value(value: str) -> str:
+    return markdown_literal(cut(one_line(value), FACT_LIMIT)) or "-"
+
+
+def _text_run(text: str, **style: str) -> dict[str, Any]:
+    """A RichTextBlock of one TextRun: TextRuns are never read as Markdown."""
+    return {"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": text, **style}]}
+
+
 def build_adaptive_message(alert: Alert) -> dict[str, Any]:
     """A Workflows webhook message carrying one Adaptive Card."""
-    style = RESOLVED_STYLE if alert.is_resolved else STYLES.get(alert.severity_label, DEFAULT_STYLE)
+    shown = look(alert, TITLE_LIMIT)
+    style = STATE_STYLES.get(shown.state) or STYLES.get(alert.severity_label, DEFAULT_STYLE)
     headline = {
         "type": "Container",
         "style": style,
         "bleed": True,
-        "items": [
-            {"type": "TextBlock", "text": _title(alert), "weight": "Bolder", "size": "Medium", "wrap": True}
-        ],
+        "items": [_text_run(shown.headline, weight="Bolder", size="Medium")],
     }
     body: list[dict[str, Any]] = [headline]
-    if alert.message:
-        body.append({"type": "TextBlock", "text": _cut(alert.message, MESSAGE_LIMIT), "wrap": True})
-    facts = [{"title": name, "value": value} for name, value in _facts(alert)]
+    if shown.details:
+        body.append(_text_run(cut(shown.details, MESSAGE_LIMIT)))
+    facts = [{"title": name, "value": _fact_value(value)} for name, value in _facts(alert, shown.status)]
     body.append({"type": "FactSet", "facts": facts})
     card = {
         "$schema": ADAPTIVE_CARD_SCHEMA,
@@ -109,23 +121,25 @@ def build_adaptive_message(alert: Alert) -> dict[str, Any]:
 
 
 def build_message_card(alert: Alert) -> dict[str, Any]:
-    """The legacy Office 365 connector card."""
-    title = _title(alert)
-    colour = RESOLVED_COLOUR if alert.is_resolved else COLOURS.get(alert.severity_label, DEFAULT_COLOUR)
+    """The legacy Office 365 connector card (Markdown off in its section, values escaped anyway)."""
+    shown = look(alert, TITLE_LIMIT)
+    colour = STATE_COLOURS.get(shown.state) or COLOURS.get(alert.severity_label, DEFAULT_COLOUR)
+    title = markdown_literal(shown.headline)
+    section: dict[str, Any] = {
+        "activityTitle": title,
+        "facts": [{"name": name, "value": _fact_value(value)} for name, value in _facts(alert, shown.status)],
+        "markdown": False,
+    }
+    if shown.details:
+        section["text"] = markdown_literal(cut(shown.details, MESSAGE_LIMIT))
     return {
         "@type": "MessageCard",
         "@context": "http://schema.org/extensions",
         "themeColor": colour,
-        "summary": title[:200],
+        "summary": cut(shown.headline, 200),
         "title": title,
-        "text": f"Device: {alert.device_id or 'unknown'} | Type: {alert.alert_type or '-'}",
-        "sections": [
-            {
-                "activityTitle": title,
-                "activityText": _cut(alert.message, MESSAGE_LIMIT),
-                "facts": [{"name": name, "value": value} for name, value in _facts(alert)],
-            }
-        ],
+        "text": _fact_value(f"Device: {alert.device_id or 'unknown'} · Type: {alert.alert_type or '-'}"),
+        "sections": [section],
     }
 
 
@@ -149,7 +163,14 @@ class TeamsChannel:
     def send(self, config: TeamsConfig, delivery: Delivery) -> Receipt:
         body = json.dumps(BUILDERS[config.format](delivery.alert)).encode()
         headers = {"Content-Type": "application/json"}
-        return self.http.send(config.webhook_url, body, headers=headers, service="Teams")
+        return self.http.send(
+            config.webhook_url,
+            body,
+            headers=headers,
+            service="Teams",
+            delivery=delivery,
+            secrets=config.secrets(),
+        )
 
     def close(self) -> None:
         pass

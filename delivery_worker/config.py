@@ -403,8 +403,14 @@ def redacted_view(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def redact_dsn(dsn: str) -> str:
-    """Mask the password in a URL or key=value DSN."""
+    """Mask the password in a URL or key=value DSN, whatever characters it holds.
+
+    URL form: everything between ``user:`` and the last ``@`` (a password may hold an unencoded
+    ``@``, ``/`` or space). key=value form and URL query: a quoted value (libpq's ``'...'`` with
+    backslash escapes, spaces included) or the rest of the word."""
     import re
 
-    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", masked)
+    masked = re.sub(r"(://[^:/@]*:).*@", r"\1***@", dsn, flags=re.S)
+    return re.sub(
+        r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|[^\s&]+)""", r"\1***", masked, flags=re.I
+    )

@@ -21,7 +21,7 @@ from channels.errors import DeliveryError, PermanentError, TransientError
 from channels.registry import ChannelRegistry
 from delivery_worker.destinations import Deferred, DestinationGuard
 from delivery_worker.jobs import Job, Outcome, Table, Verdict
-from delivery_worker.redaction import redact, secret_values
+from delivery_worker.redaction import redact, redacted_error, secret_values
 from delivery_worker.retry import RetryPolicy
 
 log = structlog.get_logger("delivery_worker.delivery")
@@ -71,8 +71,10 @@ class Deliverer:
         except DeliveryError as exc:
             error = exc
         except Exception as exc:  # the job boundary: an unexpected bug must not kill the worker
-            log.exception("job.internal_error", job_id=job.job_id, table=job.table.value)
-            error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
+            # No traceback: its frames' text and the message may carry a secret; log the redacted message.
+            detail = redacted_error(exc, secrets)
+            log.error("job.internal_error", job_id=job.job_id, table=job.table.value, error=detail)
+            error = TransientError(f"internal error: {detail}")
         finished = datetime.now(UTC)
         outcome = self._outcome(job, started, finished, receipt, error, secrets)
         self._log(job, outcome)

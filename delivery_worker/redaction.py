@@ -1,55 +1,50 @@
 """Scrubbing secrets out of error text before it reaches a log line or a database row.
 
-Channel configs declare their secrets (``config.secrets()``); as a second line of defence every
-string in the raw config under a secret-sounding key is scrubbed too, so an error raised before the
-config parsed cannot leak one either.
+Channel configs declare their secrets (``config.secrets()``); as a second line of defence the raw
+config is scanned too, so an error raised before the config parsed cannot leak one either: strings
+under secret-sounding keys, every header value (channels/secrets.py ``header_secrets``) and the
+path and query parts of every URL (``url_secrets``). Matching (raw, URL-encoded, JSON-escaped forms)
+is channels/secrets.py ``redact``; redact a text before cutting it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-MASK = "[REDACTED]"
-SECRET_KEY = re.compile(r"secret|password|passwd|token|key|community|webhook_url|auth|priv", re.I)
-MIN_SECRET_CHARS = 4
+from channels.secrets import MASK, MIN_SECRET_CHARS, header_secrets, redact, url_secrets
+
+__all__ = ["MASK", "MIN_SECRET_CHARS", "redact", "redacted_error", "secret_values"]
+
+SECRET_KEY = re.compile(
+    r"secret|password|passwd|token|key|community|webhook_url|auth|priv|cookie|credential|bearer", re.I
+)
 
 
 def secret_values(raw_config: Any) -> set[str]:
-    """Strings under secret-sounding keys anywhere in a config, plus the path/query of their URLs."""
+    """Every secret a raw (possibly invalid) channel config may hold."""
     found: set[str] = set()
 
-    def walk(node: Any, secret: bool) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, secret or bool(SECRET_KEY.search(str(key))))
+    def walk(node: Any, secret: bool, key: str) -> None:
+        if isinstance(node, Mapping):
+            if key.lower() == "headers":
+                found.update(header_secrets({str(k): str(v) for k, v in node.items() if isinstance(v, str)}))
+            for name, value in node.items():
+                walk(value, secret or bool(SECRET_KEY.search(str(name))), str(name))
         elif isinstance(node, list):
             for item in node:
-                walk(item, secret)
-        elif isinstance(node, str) and secret:
-            found.update(_with_url_parts(node))
+                walk(item, secret, key)
+        elif isinstance(node, str):
+            if "://" in node:
+                found.update(url_secrets(node))
+            if secret:
+                found.add(node)
 
-    walk(raw_config, False)
-    return found
-
-
-def _with_url_parts(value: str) -> set[str]:
-    parts = {value}
-    if "://" in value:
-        split = urlsplit(value)
-        if split.path not in ("", "/"):
-            parts.add(split.path)
-        if split.query:
-            parts.add(split.query)
-        if split.password:
-            parts.add(split.password)
-    return parts
+    walk(raw_config, False, "")
+    return {value for value in found if len(value) >= MIN_SECRET_CHARS}
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each secret (longest first) with a mask."""
-    for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+def redacted_error(exc: BaseException, secrets: set[str]) -> str:
+    """``Type: message`` of an unexpected exception with secrets masked: what may be logged of it."""
+    return redact(f"{type(exc).__name__}: {exc}", secrets)

@@ -65,7 +65,7 @@ def test_slack_message_carries_severity_colour_device_and_type(database, http_se
 
     (request,) = http_server.received("/services/T0/B0/secret")
     message = json.loads(request.body)
-    assert message["text"] == "[CRITICAL] Temperature 92.5C above 85C"
+    assert message["text"] == "🔴 CRITICAL: Temperature 92.5C above 85C"
     attachment = message["attachments"][0]
     assert attachment["color"] == "#e94560"
     rendered = json.dumps(attachment["blocks"])
@@ -104,7 +104,7 @@ def test_teams_message_card(database, http_server):
     card = json.loads(http_server.received("/teams")[0].body)
     assert card["@type"] == "MessageCard"
     assert card["themeColor"] == "ff9800"
-    assert card["title"].startswith("[HIGH] Temperature")
+    assert card["title"].startswith("🟠 HIGH: Temperature")
     assert "sensor-17" in card["text"]
     assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
 
@@ -223,7 +223,7 @@ def test_malformed_payloads_fail_readably_and_worker_continues(database, http_se
     # A payload with every key missing still renders a sensible message.
     assert job(database, "notification_jobs", empty)["status"] == "COMPLETED"
     (request,) = http_server.received("/slack")
-    assert json.loads(request.body)["text"] == "[UNKNOWN] Alert"
+    assert json.loads(request.body)["text"] == "🔵 UNKNOWN: Alert"
 
 
 def test_invalid_channel_config_fails_naming_the_key(database):

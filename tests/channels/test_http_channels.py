@@ -182,5 +182,5 @@ def test_slack_resolved_event(context):
     channel = SlackChannel(context)
     channel.send(channel.parse_config({"webhook_url": URL}), make_delivery(event="CLOSED"))
     message = json.loads(responses.calls[0].request.body)
-    assert message["text"].startswith("[RESOLVED]")
+    assert message["text"].startswith("✅ Resolved")
     assert message["attachments"][0]["color"] == "#2eb67d"

@@ -52,10 +52,12 @@ def test_alert_values_are_escaped_everywhere_slack_parses_mrkdwn():
     message = build_message(make_delivery(payload).alert)
 
     assert message["text"] == (
-        "[CRITICAL] Pressure &lt;!channel&gt; &gt; 5 bar &amp; rising &lt;https://evil.test|click&gt;"
+        "🔴 CRITICAL: Pressure &lt;!channel&gt; &gt; 5 bar &amp; rising &lt;https://evil.test|click&gt;"
     )
-    rendered = json.dumps(message["attachments"])
-    assert "pump&lt;1&gt;&amp;2" in rendered and "A&amp;B" in rendered and "&lt;site&gt;" in rendered
+    # In the blocks alert values are plain_text, which Slack shows literally: no mrkdwn object at all.
+    assert mrkdwn_texts(message) == [message["text"]]
+    rendered = json.dumps(message["attachments"], ensure_ascii=False)
+    assert "Device: pump<1>&2" in rendered and "Type: A&B" in rendered and "Site: <site>" in rendered
     for text in mrkdwn_texts(message):
         literal = text.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
         assert not {"&", "<", ">"} & set(literal), text
@@ -63,7 +65,8 @@ def test_alert_values_are_escaped_everywhere_slack_parses_mrkdwn():
 
 def test_long_message_fits_block_limits():
     message = build_message(make_delivery(dict(SAMPLE_PAYLOAD, message="<" * 10_000)).alert)
-    section, fields, context = message["attachments"][0]["blocks"]
+    header, section, fields, context = message["attachments"][0]["blocks"]
+    assert len(header["text"]["text"]) <= 150
     assert len(section["text"]["text"]) <= 3000
     assert all(len(field["text"]) <= 2000 for field in fields["fields"])
     assert len(context["elements"][0]["text"]) <= 2000
@@ -73,8 +76,8 @@ def test_long_message_fits_block_limits():
 def test_context_names_alert_event_and_time_even_without_time():
     message = build_message(make_delivery(dict(SAMPLE_PAYLOAD, triggered_at=None), event="CLOSED").alert)
     context = message["attachments"][0]["blocks"][-1]["elements"][0]["text"]
-    assert context == "Alert 1001 · CLOSED"
-    assert message["text"].startswith("[RESOLVED]")
+    assert context == "Alert 1001 · Resolved"
+    assert message["text"].startswith("✅ Resolved (critical): ")
 
 
 def test_escaped_message_through_the_worker(database, http_server):
@@ -87,6 +90,6 @@ def test_escaped_message_through_the_worker(database, http_server):
 
     (request,) = http_server.received("/services/T0/B0/x")
     message = json.loads(request.body)
-    assert message["text"] == "[CRITICAL] temp &gt; 85 &amp; &lt;rising&gt;"
+    assert message["text"] == "🔴 CRITICAL: temp &gt; 85 &amp; &lt;rising&gt;"
     assert message["attachments"][0]["fallback"] == message["text"]
     assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"

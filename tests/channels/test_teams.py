@@ -50,6 +50,11 @@ def check_adaptive_element(element: Any, where: str) -> None:
         for i, fact in enumerate(facts):
             assert isinstance(fact.get("title"), str), f"{where}.facts[{i}].title is required"
             assert isinstance(fact.get("value"), str), f"{where}.facts[{i}].value is required"
+    elif kind == "RichTextBlock":
+        inlines = element.get("inlines")
+        assert isinstance(inlines, list) and inlines, f"{where}.inlines is required"
+        for i, run in enumerate(inlines):
+            assert run.get("type") == "TextRun" and isinstance(run.get("text"), str), f"{where}.inlines[{i}]"
     elif kind == "Container":
         assert element.get("style", "default") in CONTAINER_STYLES, f"{where}.style"
         items = element.get("items")
@@ -103,7 +108,7 @@ def facts_of(card: dict[str, Any]) -> dict[str, str]:
 
 def texts_of(node: Any) -> list[str]:
     if isinstance(node, dict):
-        own = [node["text"]] if node.get("type") == "TextBlock" else []
+        own = [node["text"]] if node.get("type") in ("TextBlock", "TextRun") else []
         return own + [t for value in node.values() for t in texts_of(value)]
     if isinstance(node, list):
         return [t for item in node for t in texts_of(item)]
@@ -132,8 +137,8 @@ def test_adaptive_card_shows_the_alert():
     assert card["msteams"] == {"width": "Full"}
     headline = card["body"][0]
     assert headline["type"] == "Container" and headline["style"] == "attention"
-    assert headline["items"][0]["text"] == "[CRITICAL] Temperature 92.5C above 85C"
-    assert "Temperature 92.5C above 85C" in texts_of(card["body"][1:])
+    assert texts_of(headline) == ["🔴 CRITICAL: Temperature 92.5C above 85C"]
+    assert texts_of(card["body"][1:]) == []  # the one-line message is in the headline, not repeated
     assert facts_of(card) == {
         "Severity": "CRITICAL",
         "Status": "Open",
@@ -157,11 +162,11 @@ def test_closed_alert_shows_as_resolved_in_both_formats():
     alert = make_delivery(event="CLOSED").alert
     card = card_of(build_adaptive_message(alert))
     assert card["body"][0]["style"] == "good"
-    assert card["body"][0]["items"][0]["text"].startswith("[RESOLVED]")
+    assert texts_of(card["body"][0]) == ["✅ Resolved (critical): Temperature 92.5C above 85C"]
     assert facts_of(card)["Status"] == "Resolved"
     message_card = build_message_card(alert)
     assert message_card["themeColor"] == "2eb67d"
-    assert message_card["title"].startswith("[RESOLVED]")
+    assert message_card["title"].startswith("✅ Resolved")
 
 
 def test_message_card_facts_include_site_and_alert_id():

@@ -147,7 +147,7 @@ def test_whsec_secret_and_its_key_part_are_declared_secret(registry):
     config = WebhookChannel(registry.context).parse_config(
         {"url": "https://h.test/x", "secret": WHSEC, "signature": "standard"}
     )
-    assert set(config.secrets()) == {WHSEC, WHSEC.removeprefix("whsec_")}
+    assert {WHSEC, WHSEC.removeprefix("whsec_")} <= set(config.secrets())
 
 
 def test_retry_through_the_worker_keeps_webhook_id_and_idempotency_key(database, http_server):
