@@ -51,6 +51,7 @@ from delivery_worker.spool import Spool, SpooledOutcome, resolve_state_dir
 log = structlog.get_logger("delivery_worker.poller")
 
 REAP_INTERVAL_SECONDS = 5.0
+RENEWAL_RETRY_SECONDS = 1.0
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
 # Of shutdown_timeout, the last part is kept for writing outcomes (in-flight jobs are given up at its
@@ -126,6 +127,7 @@ class Poller:
         self.shutdown_lock = threading.Lock()
         self.exited = threading.Event()
         self.next_reap = 0.0
+        self.next_renewal_try = 0.0
         self.reap_refusals: dict[tuple[Table, int], int] = {}
         self.conn: Connection | None = None
         self.outage_since: float | None = None
@@ -178,12 +180,13 @@ class Poller:
         return abandoned
 
     def _shutdown_times(self) -> ShutdownTimes:
-        """Fixed once, when the stop is first seen (by the loop or by the watcher thread)."""
+        """Fixed once, when the stop (or the end of a drain) is first seen, by the loop or the watcher."""
         with self.shutdown_lock:
             if self.shutdown is None:
                 timeout = self.settings.worker.shutdown_timeout
                 self.shutdown = ShutdownTimes.starting_now(timeout)
-                log.info("shutdown.started", in_flight=len(self.in_flight), timeout_s=timeout)
+                if self.stopping.is_set():
+                    log.info("shutdown.started", in_flight=len(self.in_flight), timeout_s=timeout)
             return self.shutdown
 
     def _watch_shutdown(self) -> None:
@@ -238,8 +241,8 @@ class Poller:
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
         renewal = self.claims.seconds_to_renewal()
-        if renewal is not None:
-            wait = min(wait, renewal)
+        if renewal is not None and self.outage_since is None:
+            wait = min(wait, max(renewal, self.next_renewal_try - time.monotonic()))
         if self.shutdown is not None:
             wait = max(0.0, min(wait, self.shutdown.finish_by - time.monotonic()))
         return wait
@@ -343,8 +346,11 @@ class Poller:
 
     def _renew_leases(self, cur: cursor, *, skip: set[str]) -> list[Renewal]:
         """The heartbeat: once a third of the lease has passed, renew every claim this worker holds."""
-        if not self.claims.renewal_due():
+        now = time.monotonic()
+        if now < self.next_renewal_try or not self.claims.renewal_due():
             return []
+        # Rows locked elsewhere are not renewed and stay due: try again soon, not on every cycle.
+        self.next_renewal_try = now + min(RENEWAL_RETRY_SECONDS, self.claims.renew_every)
         renewals = []
         for job_queue in self.queues:
             table = job_queue.table

@@ -134,9 +134,12 @@ class Spool:
         A line that cannot be read is logged and skipped; it never stops the start.
         """
         entries: list[SpooledOutcome] = []
-        if not self.directory.is_dir():
+        try:
+            found = sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}")) if self.directory.is_dir() else []
+        except OSError as exc:
+            log.error("spool.unreadable", dir=str(self.directory), error=str(exc))
             return entries
-        for path in sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}")):
+        for path in found:
             taken = path.with_name(f"{path.name}.taken-{os.getpid()}")
             try:
                 path.rename(taken)
