@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg2.extensions
 import pytest
 
+from delivery_worker.queues.status import LEASE_LOST_ERROR
 from tests.processes import start_worker, wait_until
 from tests.rows import execute, insert_channel, insert_notification_job, job, log_rows
 from tests.servers.http import Reply
@@ -103,13 +104,15 @@ def test_revoked_insert_on_the_log_for_a_few_seconds_sends_nothing_twice(databas
 
 def test_a_log_row_refused_by_a_check_constraint_is_not_resent_and_others_complete(database, http_server):
     http_server.script("/a", *[Reply(200)] * 50)
-    refused_channel = insert_channel(database, "webhook", {"url": http_server.url("/refused")})
+    refused_channel = insert_channel(
+        database, "webhook", {"url": http_server.url("/refused")}, tenant_id="t-b"
+    )
     other_channel = insert_channel(database, "webhook", {"url": http_server.url("/a")})
     execute(
         database,
         f"ALTER TABLE notification_log ADD CONSTRAINT no_refused CHECK (channel_id <> {refused_channel})",
     )
-    refused_job = insert_notification_job(database, refused_channel)
+    refused_job = insert_notification_job(database, refused_channel, tenant_id="t-b")
     others = [insert_notification_job(database, other_channel) for _ in range(6)]
 
     workers = [start_worker(database, worker_lease_seconds="2", worker_threads="4") for _ in range(2)]
@@ -199,3 +202,27 @@ def test_a_row_locked_by_another_session_does_not_stop_other_outcomes(database, 
     finally:
         stop(worker)
     assert len(http_server.received("/slow")) == 1
+
+
+def test_a_job_claimed_again_while_its_worker_still_runs_it_is_not_sent_twice(database, http_server):
+    """Another worker reaped the job under this one (as after a long outage); this worker's next claim
+    returns it: it takes the claim over, does not start a second delivery, and records the first."""
+    http_server.script("/slow", Reply(200, delay=3.0))
+    channel = insert_channel(database, "webhook", {"url": http_server.url("/slow")})
+    job_id = insert_notification_job(database, channel)
+
+    worker = start_worker(database, "--drain")
+    assert wait_until(lambda: len(http_server.received("/slow")) == 1)
+    execute(  # exactly what the reap of another worker writes
+        database,
+        "UPDATE notification_jobs SET status = 'PENDING', attempts = attempts + 1, next_run_at = now(),"
+        " lease_expires_at = NULL, last_error = %s WHERE job_id = %s",
+        (LEASE_LOST_ERROR, job_id),
+    )
+    out, err = worker.communicate(timeout=60)
+
+    assert worker.returncode == 0, err
+    assert len(http_server.received("/slow")) == 1
+    assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
+    assert [r["success"] for r in log_rows(database, job_id)] == [True]
+    assert '"job.claimed_again"' in out
