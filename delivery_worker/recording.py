@@ -29,6 +29,7 @@ log = structlog.get_logger("delivery_worker.recording")
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+ISOLATE_PER_CYCLE = 50  # each isolated write is a subtransaction; PostgreSQL caches 64 per backend
 
 
 @dataclass
@@ -86,7 +87,7 @@ class OutcomeWriter:
                 return WriteReport()
             log.warning("outcomes.batch_refused", error=str(batch), count=len(due))
         report = WriteReport()
-        for unwritten in due:
+        for unwritten in due[:ISOLATE_PER_CYCLE]:  # the rest next cycle: bounded subtransactions
             try:
                 with savepoint(cur, "outcome"):
                     report.merge(self._write(cur, [unwritten.outcome]))

@@ -30,7 +30,8 @@ def session_lost(cur: cursor, error: psycopg2.Error) -> bool:
 
 @contextmanager
 def savepoint(cur: cursor, name: str = "step") -> Iterator[None]:
-    """Run the block in a savepoint; a refused statement raises Refused with PostgreSQL's message."""
+    """Run the block in a savepoint; a refused statement raises Refused with PostgreSQL's message
+    (after ROLLBACK TO the most recent savepoint of that name)."""
     cur.execute(f"SAVEPOINT {name}")  # name is a constant of the caller, never data
     try:
         yield
@@ -40,4 +41,4 @@ def savepoint(cur: cursor, name: str = "step") -> Iterator[None]:
         cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise Refused(reason) from exc
-    cur.execute(f"RELEASE SAVEPOINT {name}")
+    # Not released: COMMIT ends it anyway, and a RELEASE would cost a round trip per step and cycle.
