@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from delivery_worker.jobs import Job, Outcome, Table, Verdict
@@ -244,3 +245,39 @@ def test_spool_lines_round_trip_without_payload_or_channel_config():
         http_status=503,
         retry_delay_seconds=60.0,
     )
+
+
+def test_sigterm_with_a_row_lock_held_elsewhere_exits_in_time_and_sends_nothing_twice(
+    database, http_server, tmp_path
+):
+    """Another session locks the row of a job in flight: the worker neither stalls nor ignores SIGTERM;
+    the outcome it cannot write goes to the spool and is written at the next start."""
+    http_server.script("/slow", Reply(200, delay=1.0))
+    channel = insert_channel(database, "webhook", {"url": http_server.url("/slow")})
+    job_id = insert_notification_job(database, channel)
+    settings = {"worker_shutdown_timeout": "4", "worker_state_dir": str(tmp_path)}
+
+    worker = start_worker(database, **settings)
+    assert wait_until(lambda: len(http_server.received("/slow")) == 1)
+    holder = psycopg2.connect(database)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1 FROM notification_jobs WHERE job_id = %s FOR UPDATE", (job_id,))
+        time.sleep(1.5)  # delivered; its outcome now waits for the locked row
+        worker.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _out, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
+        assert time.monotonic() - started < 4.5
+        assert len(spooled_lines(tmp_path)) == 1
+    finally:
+        holder.rollback()
+        holder.close()
+
+    restarted = start_worker(database, "--drain", **settings)
+    _out, err = restarted.communicate(timeout=60)
+
+    assert restarted.returncode == 0, err
+    assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
+    assert len(http_server.received("/slow")) == 1
+    assert spooled_lines(tmp_path) == []
