@@ -281,3 +281,32 @@ def test_sigterm_with_a_row_lock_held_elsewhere_exits_in_time_and_sends_nothing_
     assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
     assert len(http_server.received("/slow")) == 1
     assert spooled_lines(tmp_path) == []
+
+
+def test_spooled_outcomes_of_another_database_are_kept_for_it(database, tmp_path):
+    now = datetime.now(UTC)
+    foreign = Outcome(
+        Job(Table.NOTIFICATION_JOBS, 1, "tenant-a", 1, "OPEN", 0, None, None, 1, now),
+        Verdict.COMPLETED,
+        now,
+        now,
+    )
+    line = to_line(SpooledOutcome("some_other_database", foreign))
+    (tmp_path / "outcomes-1-1.jsonl").write_text(line + "\n")
+
+    worker = start_worker(database, "--drain", worker_state_dir=str(tmp_path))
+    out, err = worker.communicate(timeout=60)
+
+    assert worker.returncode == 0, err
+    assert spooled_lines(tmp_path) == [line]
+    assert '"spool.other_database"' in out
+
+
+def test_state_dir_defaults_to_the_systemd_state_directory_when_writable(tmp_path, monkeypatch):
+    from delivery_worker import spool
+
+    assert spool.resolve_state_dir("/srv/dw") == Path("/srv/dw")
+    monkeypatch.setattr(spool, "DEFAULT_STATE_DIR", tmp_path)
+    assert spool.resolve_state_dir("") == tmp_path
+    monkeypatch.setattr(spool, "DEFAULT_STATE_DIR", tmp_path / "missing")
+    assert spool.resolve_state_dir("") == Path("state")
