@@ -52,6 +52,8 @@ log = structlog.get_logger("delivery_worker.poller")
 
 REAP_INTERVAL_SECONDS = 5.0
 RENEWAL_RETRY_SECONDS = 1.0
+REAP_ONE_BY_ONE_LIMIT = 50  # jobs reaped one at a time per round: each is a subtransaction
+REAP_ROUNDS = 3
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
 # Of shutdown_timeout, the last part is kept for writing outcomes (in-flight jobs are given up at its
@@ -386,30 +388,44 @@ class Poller:
             return
         self.next_reap = now + min(REAP_INTERVAL_SECONDS, self.settings.worker.lease_seconds / 2)
         for job_queue in self.queues:
-            mine = self.claims.job_ids(job_queue.table)
-            try:
-                with savepoint(cur, "reap"):
-                    reclaimed = job_queue.reap(cur, mine=mine)
-            except Refused as exc:
-                log.warning("reap.batch_refused", table=job_queue.table.value, error=str(exc))
-                reclaimed = self._reap_one_by_one(cur, job_queue, mine)
+            reclaimed = self._reap_table(cur, job_queue)
             if reclaimed:
                 log.warning("jobs.reclaimed", table=job_queue.table.value, count=reclaimed)
 
-    def _reap_one_by_one(self, cur: cursor, job_queue: JobQueue, mine: list[int]) -> int:
-        """One job the database refuses to reap must not keep every other crashed job from coming back."""
+    def _reap_table(self, cur: cursor, job_queue: JobQueue) -> int:
+        """Take back other workers' expired jobs in one statement. When the database refuses it, the
+        expired jobs are reaped one at a time (a few rounds of at most REAP_ONE_BY_ONE_LIMIT), the
+        ones it refuses are left out of the next statement and tried alone on later passes: one bad
+        row never blocks the recovery of the others."""
         table = job_queue.table
-        try:
-            with savepoint(cur, "reap"):
-                expired = job_queue.expired_jobs(cur, mine=mine)
-        except Refused as exc:
-            log.error("reap.refused", table=table.value, error=str(exc))
-            return 0
+        mine = self.claims.job_ids(table)
+        reclaimed = self._reap_one_by_one(cur, job_queue, self._reap_refused(table)[:REAP_ONE_BY_ONE_LIMIT])
+        for _ in range(REAP_ROUNDS):
+            excluded = mine + self._reap_refused(table)
+            try:
+                with savepoint(cur, "reap"):
+                    return reclaimed + job_queue.reap(cur, mine=excluded)
+            except Refused as exc:
+                log.warning("reap.batch_refused", table=table.value, error=str(exc))
+            try:
+                with savepoint(cur, "reap"):
+                    expired = job_queue.expired_jobs(cur, mine=excluded, limit=REAP_ONE_BY_ONE_LIMIT)
+            except Refused as exc:
+                log.error("reap.refused", table=table.value, error=str(exc))
+                break
+            reclaimed += self._reap_one_by_one(cur, job_queue, expired)
+        return reclaimed
+
+    def _reap_refused(self, table: Table) -> list[int]:
+        return [job_id for (t, job_id) in self.reap_refusals if t is table]
+
+    def _reap_one_by_one(self, cur: cursor, job_queue: JobQueue, job_ids: list[int]) -> int:
+        table = job_queue.table
         reclaimed = 0
-        for job_id in expired:
+        for job_id in job_ids:
             try:
                 with savepoint(cur, "reap_one"):
-                    reclaimed += job_queue.reap(cur, mine=mine, only=job_id)
+                    reclaimed += job_queue.reap(cur, only=job_id)
             except Refused as exc:
                 refusals = self.reap_refusals[(table, job_id)] = (
                     self.reap_refusals.get((table, job_id), 0) + 1
@@ -419,7 +435,7 @@ class Poller:
                         "reap.rejected", table=table.value, job_id=job_id, reason=str(exc), refusals=refusals
                     )
                 continue
-            self.reap_refusals.pop((table, job_id), None)
+            self.reap_refusals.pop((table, job_id), None)  # reaped, or no longer expired
         return reclaimed
 
     def _claim_in_savepoint(self, cur: cursor, free: int) -> list[Job]:
