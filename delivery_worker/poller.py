@@ -43,7 +43,7 @@ from delivery_worker.jobs import Job, Outcome, Table
 from delivery_worker.listener import NotificationListener
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
-from delivery_worker.queues.status import renew_leases, still_held
+from delivery_worker.queues.status import renew_leases, resync_leases, still_held
 from delivery_worker.recording import OutcomeWriter, Unwritten, WriteReport
 from delivery_worker.savepoint import Refused, savepoint
 from delivery_worker.spool import Spool, SpooledOutcome, resolve_state_dir
@@ -130,6 +130,8 @@ class Poller:
         self.exited = threading.Event()
         self.next_reap = 0.0
         self.next_renewal_try = 0.0
+        self.renewing: set[str] = set()  # claims renewed in the transaction under way
+        self.uncertain: set[str] = set()  # renewed in a transaction whose commit is unknown
         self.reap_refusals: dict[tuple[Table, int], int] = {}
         self.conn: Connection | None = None
         self.outage_since: float | None = None
@@ -313,6 +315,7 @@ class Poller:
         claimed: list[Job] = []
         try:
             with transaction(self.conn) as cur:
+                self._resync_uncertain_leases(cur)
                 report = self.writer.write(cur, due)
                 renewals = self._renew_leases(cur, skip=report.done_keys)
                 if not self.replaying:
@@ -321,8 +324,11 @@ class Poller:
                     if claim and free > 0 and not self.stopping.is_set():
                         claimed = self._claim_in_savepoint(cur, free)
         except (DatabaseUnavailable, DatabaseRejected) as exc:
+            self.uncertain |= self.renewing  # the commit may or may not have happened
+            self.renewing = set()
             self._lost_connection(str(exc))
             return []
+        self.renewing = set()
         self._written(report)
         self._renewed(renewals, started)
         if self.replaying:
@@ -363,6 +369,7 @@ class Poller:
             ]
             if not held:
                 continue
+            self.renewing.update(f"{table}:{job_id}" for job_id, _ in held)
             try:
                 with savepoint(cur, "renew"):
                     leases = renew_leases(cur, table, held, self.settings.worker.lease_seconds)
@@ -374,6 +381,27 @@ class Poller:
             lost = [f"{table}:{job_id}" for job_id, _ in missed if job_id not in locked]
             renewals.append(Renewal(table, leases, lost))
         return renewals
+
+    def _resync_uncertain_leases(self, cur: cursor) -> None:
+        """After a transaction with renewals broke off: learn which leases the database holds now."""
+        if not self.uncertain:
+            return
+        for job_queue in self.queues:
+            table = job_queue.table
+            mine = [
+                (job_id, lease)
+                for job_id, lease in self.claims.to_renew(table)
+                if f"{table}:{job_id}" in self.uncertain
+            ]
+            try:
+                with savepoint(cur, "resync"):
+                    leases = resync_leases(cur, table, mine)
+            except Refused as exc:
+                log.error("leases.resync_refused", table=table.value, error=str(exc))
+                continue
+            # Read from committed rows, so true whatever becomes of this transaction; renewed again now.
+            self.claims.renewed(table, leases, time.monotonic() - self.claims.renew_every)
+            self.uncertain.difference_update(f"{table}:{job_id}" for job_id, _ in mine)
 
     def _renewed(self, renewals: list[Renewal], at: float) -> None:
         for renewal in renewals:

@@ -11,11 +11,14 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg2.extensions
 import pytest
 
-from delivery_worker.queues.status import LEASE_LOST_ERROR
+from delivery_worker.db import connect, transaction
+from delivery_worker.jobs import Table
+from delivery_worker.queues.status import LEASE_LOST_ERROR, resync_leases
 from tests.processes import start_worker, wait_until
 from tests.rows import execute, insert_channel, insert_notification_job, job, log_rows
 from tests.servers.http import Reply
@@ -227,3 +230,53 @@ def test_a_job_claimed_again_while_its_worker_still_runs_it_is_not_sent_twice(da
     assert job(database, "notification_jobs", job_id)["status"] == "COMPLETED"
     assert [r["success"] for r in log_rows(database, job_id)] == [True]
     assert '"job.claimed_again"' in out
+
+
+def test_after_a_renewal_of_unknown_fate_only_the_workers_own_later_lease_is_adopted(database):
+    channel = insert_channel(database, "webhook", {"url": "http://127.0.0.1:9/unused"})
+    ids = [insert_notification_job(database, channel) for _ in range(3)]
+    execute(
+        database,
+        "UPDATE notification_jobs"
+        " SET status = 'PROCESSING', lease_expires_at = now() + interval '10 minutes'",
+    )
+    renewed = {
+        r["job_id"]: r["lease_expires_at"] for r in execute(database, "SELECT * FROM notification_jobs")
+    }
+    known = {j: renewed[j] - timedelta(minutes=5) for j in ids}  # what the worker knew before the renewal
+    known[ids[1]] = renewed[ids[1]] - timedelta(minutes=20)  # already past: it may have been reaped
+    execute(database, "UPDATE notification_jobs SET status = 'COMPLETED' WHERE job_id = %s", (ids[2],))
+
+    conn = connect(database)
+    try:
+        with transaction(conn) as cur:
+            found = resync_leases(cur, Table.NOTIFICATION_JOBS, list(known.items()))
+    finally:
+        conn.close()
+
+    assert found == {ids[0]: renewed[ids[0]]}
+
+
+def test_connections_cut_while_leases_are_renewed_send_nothing_twice(database, http_server):
+    """Backends killed again and again while a 3 s lease is renewed under a 6 s delivery; a second
+    worker would take the job over if a renewal were lost."""
+    from tests.test_faults import terminate_worker_connections
+
+    http_server.script("/slow", Reply(200, delay=6.0))
+    channel = insert_channel(database, "webhook", {"url": http_server.url("/slow")})
+    job_id = insert_notification_job(database, channel)
+    settings = {"worker_lease_seconds": "3", "http_read_timeout": "30", "worker_job_timeout_seconds": "30"}
+
+    first = start_worker(database, **settings)
+    assert wait_until(lambda: len(http_server.received("/slow")) == 1)
+    second = start_worker(database, **settings)
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        terminate_worker_connections(database)
+        time.sleep(0.3)
+    assert wait_until(lambda: job(database, "notification_jobs", job_id)["status"] == "COMPLETED", timeout=30)
+    stop(first)
+    stop(second)
+
+    assert len(http_server.received("/slow")) == 1
+    assert [r["success"] for r in log_rows(database, job_id)] == [True]

@@ -114,6 +114,15 @@ SELECT j.job_id FROM {table} AS j JOIN (VALUES %s) AS mine (job_id, lease) USING
 WHERE j.status = 'PROCESSING' AND j.lease_expires_at IS NOT DISTINCT FROM mine.lease
 """
 
+# After a connection broke during a transaction that renewed leases, the worker cannot know whether
+# the renewal committed. While the lease it knew is still in the future nobody can have reaped the
+# job, so a later lease on a job still PROCESSING can only be its own renewal: it adopts that value.
+RESYNC_LEASES = """
+SELECT j.job_id, j.lease_expires_at
+FROM {table} AS j JOIN (VALUES %s) AS mine (job_id, lease) USING (job_id)
+WHERE j.status = 'PROCESSING' AND mine.lease > now() AND j.lease_expires_at > mine.lease
+"""
+
 # An outcome that outlived its lease (kept in the spool over a restart, or held through a long outage)
 # may find its job reaped: PENDING (or FAILED at max_attempts) again with the lost attempt counted. If
 # nothing happened to the job since (attempts just one more, the reap's error, no lease), nobody has
@@ -199,6 +208,18 @@ def still_held(cur: cursor, table: Table, claims: Sequence[tuple[int, datetime |
     query = _statement(cur, STILL_HELD, table)
     rows = execute_values(cur, query, claims, template="(%s::bigint, %s::timestamptz)", fetch=True)
     return {job_id for (job_id,) in rows}
+
+
+def resync_leases(
+    cur: cursor, table: Table, claims: Sequence[tuple[int, datetime | None]]
+) -> dict[int, datetime]:
+    """The leases an uncertain renewal stored for these (job_id, lease) claims (see RESYNC_LEASES)."""
+    known = [(job_id, lease) for job_id, lease in claims if lease is not None]
+    if not known:
+        return {}
+    query = _statement(cur, RESYNC_LEASES, table)
+    rows = execute_values(cur, query, known, template="(%s::bigint, %s::timestamptz)", fetch=True)
+    return {job_id: lease for job_id, lease in rows}
 
 
 def restore_reaped(cur: cursor, table: Table, jobs: Sequence[Job]) -> set[int]:
