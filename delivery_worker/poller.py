@@ -39,21 +39,18 @@ from delivery_worker.db import (
     transaction,
 )
 from delivery_worker.delivery import Deliverer
-from delivery_worker.jobs import Job, Outcome, Table
+from delivery_worker.heartbeat import Heartbeat
+from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
-from delivery_worker.queues.status import renew_leases, resync_leases, still_held
+from delivery_worker.reaping import Reaper
 from delivery_worker.recording import OutcomeWriter, Unwritten, WriteReport
 from delivery_worker.savepoint import Refused, savepoint
 from delivery_worker.spool import Spool, SpooledOutcome, resolve_state_dir
 
 log = structlog.get_logger("delivery_worker.poller")
 
-REAP_INTERVAL_SECONDS = 5.0
-RENEWAL_RETRY_SECONDS = 1.0
-REAP_ONE_BY_ONE_LIMIT = 50  # jobs reaped one at a time per round: each is a subtransaction
-REAP_ROUNDS = 3
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
 # Of shutdown_timeout, the last part is kept for writing outcomes (in-flight jobs are given up at its
@@ -91,13 +88,6 @@ class ShutdownTimes:
         )
 
 
-@dataclass(frozen=True)
-class Renewal:
-    table: Table
-    leases: dict[int, datetime]  # job_id -> new lease
-    lost: list[str]  # job keys no longer held under the lease this worker knew
-
-
 class Poller:
     def __init__(
         self,
@@ -120,6 +110,8 @@ class Poller:
         self.claims = Claims(settings.worker.lease_seconds)  # running or unwritten, by job key
         self.unwritten: dict[str, Unwritten] = {}  # by job key
         self.writer = OutcomeWriter(self.queues, self.claims)
+        self.heartbeat = Heartbeat(self.queues, self.claims, settings.worker.lease_seconds)
+        self.reaper = Reaper(self.queues, self.claims, settings.worker.lease_seconds)
         self.spool = spool or Spool(resolve_state_dir(settings.worker.state_dir))
         self.spooled: list[SpooledOutcome] = []  # read at start, not yet matched to this database
         self.other_databases: list[SpooledOutcome] = []  # spooled for another database: kept as is
@@ -128,11 +120,6 @@ class Poller:
         self.shutdown: ShutdownTimes | None = None
         self.shutdown_lock = threading.Lock()
         self.exited = threading.Event()
-        self.next_reap = 0.0
-        self.next_renewal_try = 0.0
-        self.renewing: set[str] = set()  # claims renewed in the transaction under way
-        self.uncertain: set[str] = set()  # renewed in a transaction whose commit is unknown
-        self.reap_refusals: dict[tuple[Table, int], int] = {}
         self.conn: Connection | None = None
         self.outage_since: float | None = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
@@ -244,9 +231,9 @@ class Poller:
 
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
-        renewal = self.claims.seconds_to_renewal()
+        renewal = self.heartbeat.seconds_to_next()
         if renewal is not None and self.outage_since is None:
-            wait = min(wait, max(renewal, self.next_renewal_try - time.monotonic()))
+            wait = min(wait, renewal)
         if self.shutdown is not None:
             wait = max(0.0, min(wait, self.shutdown.finish_by - time.monotonic()))
         return wait
@@ -315,22 +302,20 @@ class Poller:
         claimed: list[Job] = []
         try:
             with transaction(self.conn) as cur:
-                self._resync_uncertain_leases(cur)
+                self.heartbeat.resync(cur)
                 report = self.writer.write(cur, due)
-                renewals = self._renew_leases(cur, skip=report.done_keys)
+                renewals = self.heartbeat.renew(cur, skip=report.done_keys)
                 if not self.replaying:
-                    self._reap_expired_leases(cur)
+                    self.reaper.reap_if_due(cur)
                     free = self.threads - len(self.in_flight)
                     if claim and free > 0 and not self.stopping.is_set():
                         claimed = self._claim_in_savepoint(cur, free)
         except (DatabaseUnavailable, DatabaseRejected) as exc:
-            self.uncertain |= self.renewing  # the commit may or may not have happened
-            self.renewing = set()
+            self.heartbeat.broke_off()
             self._lost_connection(str(exc))
             return []
-        self.renewing = set()
         self._written(report)
-        self._renewed(renewals, started)
+        self.heartbeat.committed(renewals, started)
         if self.replaying:
             self._replayed(report)
         if claimed:
@@ -351,120 +336,6 @@ class Poller:
             )
         if report.written:
             self.observer.outcomes_recorded(report.written)
-
-    def _renew_leases(self, cur: cursor, *, skip: set[str]) -> list[Renewal]:
-        """The heartbeat: once a third of the lease has passed, renew every claim this worker holds."""
-        now = time.monotonic()
-        if now < self.next_renewal_try or not self.claims.renewal_due():
-            return []
-        # Rows locked elsewhere are not renewed and stay due: try again soon, not on every cycle.
-        self.next_renewal_try = now + min(RENEWAL_RETRY_SECONDS, self.claims.renew_every)
-        renewals = []
-        for job_queue in self.queues:
-            table = job_queue.table
-            held = [
-                (job_id, lease)
-                for job_id, lease in self.claims.to_renew(table)
-                if f"{table}:{job_id}" not in skip
-            ]
-            if not held:
-                continue
-            self.renewing.update(f"{table}:{job_id}" for job_id, _ in held)
-            try:
-                with savepoint(cur, "renew"):
-                    leases = renew_leases(cur, table, held, self.settings.worker.lease_seconds)
-                    missed = [(job_id, lease) for job_id, lease in held if job_id not in leases]
-                    locked = still_held(cur, table, missed)
-            except Refused as exc:
-                log.error("leases.renew_refused", table=table.value, error=str(exc), jobs=len(held))
-                continue
-            lost = [f"{table}:{job_id}" for job_id, _ in missed if job_id not in locked]
-            renewals.append(Renewal(table, leases, lost))
-        return renewals
-
-    def _resync_uncertain_leases(self, cur: cursor) -> None:
-        """After a transaction with renewals broke off: learn which leases the database holds now."""
-        if not self.uncertain:
-            return
-        for job_queue in self.queues:
-            table = job_queue.table
-            mine = [
-                (job_id, lease)
-                for job_id, lease in self.claims.to_renew(table)
-                if f"{table}:{job_id}" in self.uncertain
-            ]
-            try:
-                with savepoint(cur, "resync"):
-                    leases = resync_leases(cur, table, mine)
-            except Refused as exc:
-                log.error("leases.resync_refused", table=table.value, error=str(exc))
-                continue
-            # Read from committed rows, so true whatever becomes of this transaction; renewed again now.
-            self.claims.renewed(table, leases, time.monotonic() - self.claims.renew_every)
-            self.uncertain.difference_update(f"{table}:{job_id}" for job_id, _ in mine)
-
-    def _renewed(self, renewals: list[Renewal], at: float) -> None:
-        for renewal in renewals:
-            self.claims.renewed(renewal.table, renewal.leases, at)
-            lost = self.claims.mark_lost(renewal.lost)
-            if lost:
-                log.warning("lease.lost", table=renewal.table.value, jobs=lost, count=len(lost))
-
-    def _reap_expired_leases(self, cur: cursor) -> None:
-        now = time.monotonic()
-        if now < self.next_reap:
-            return
-        self.next_reap = now + min(REAP_INTERVAL_SECONDS, self.settings.worker.lease_seconds / 2)
-        for job_queue in self.queues:
-            reclaimed = self._reap_table(cur, job_queue)
-            if reclaimed:
-                log.warning("jobs.reclaimed", table=job_queue.table.value, count=reclaimed)
-
-    def _reap_table(self, cur: cursor, job_queue: JobQueue) -> int:
-        """Take back other workers' expired jobs in one statement. When the database refuses it, the
-        expired jobs are reaped one at a time (a few rounds of at most REAP_ONE_BY_ONE_LIMIT), the
-        ones it refuses are left out of the next statement and tried alone on later passes: one bad
-        row never blocks the recovery of the others."""
-        table = job_queue.table
-        mine = self.claims.job_ids(table)
-        reclaimed = self._reap_one_by_one(cur, job_queue, self._reap_refused(table)[:REAP_ONE_BY_ONE_LIMIT])
-        for _ in range(REAP_ROUNDS):
-            excluded = mine + self._reap_refused(table)
-            try:
-                with savepoint(cur, "reap"):
-                    return reclaimed + job_queue.reap(cur, mine=excluded)
-            except Refused as exc:
-                log.warning("reap.batch_refused", table=table.value, error=str(exc))
-            try:
-                with savepoint(cur, "reap"):
-                    expired = job_queue.expired_jobs(cur, mine=excluded, limit=REAP_ONE_BY_ONE_LIMIT)
-            except Refused as exc:
-                log.error("reap.refused", table=table.value, error=str(exc))
-                break
-            reclaimed += self._reap_one_by_one(cur, job_queue, expired)
-        return reclaimed
-
-    def _reap_refused(self, table: Table) -> list[int]:
-        return [job_id for (t, job_id) in self.reap_refusals if t is table]
-
-    def _reap_one_by_one(self, cur: cursor, job_queue: JobQueue, job_ids: list[int]) -> int:
-        table = job_queue.table
-        reclaimed = 0
-        for job_id in job_ids:
-            try:
-                with savepoint(cur, "reap_one"):
-                    reclaimed += job_queue.reap(cur, only=job_id)
-            except Refused as exc:
-                refusals = self.reap_refusals[(table, job_id)] = (
-                    self.reap_refusals.get((table, job_id), 0) + 1
-                )
-                if refusals & (refusals - 1) == 0:  # 1st, 2nd, 4th... time: a bounded log rate
-                    log.error(
-                        "reap.rejected", table=table.value, job_id=job_id, reason=str(exc), refusals=refusals
-                    )
-                continue
-            self.reap_refusals.pop((table, job_id), None)  # reaped, or no longer expired
-        return reclaimed
 
     def _claim_in_savepoint(self, cur: cursor, free: int) -> list[Job]:
         """A refused claim must not undo the outcomes and renewals written before it."""
