@@ -32,6 +32,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/delivery-worker")
 FALLBACK_STATE_DIR = Path("state")
 PREFIX = "outcomes-"
 SUFFIX = ".jsonl"
+TAKEN = ".taken-"  # + the pid of the worker replaying the file
 
 
 class SpoolError(Exception):
@@ -111,6 +112,16 @@ def from_line(line: str) -> SpooledOutcome:
         raise SpoolError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpoolError(f"expected an integer, got {str(value)[:50]!r}")
@@ -129,18 +140,24 @@ class Spool:
         self.owned: list[Path] = []
 
     def take(self) -> list[SpooledOutcome]:
-        """Take every spool file in the directory (renamed to this process) and read its outcomes.
+        """Take every spool file in the directory (renamed to this process) and read its outcomes;
+        also the files a worker took and died holding (its process is gone).
 
         A line that cannot be read is logged and skipped; it never stops the start.
         """
         entries: list[SpooledOutcome] = []
         try:
-            found = sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}")) if self.directory.is_dir() else []
+            found = sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}*")) if self.directory.is_dir() else []
         except OSError as exc:
             log.error("spool.unreadable", dir=str(self.directory), error=str(exc))
             return entries
         for path in found:
-            taken = path.with_name(f"{path.name}.taken-{os.getpid()}")
+            base, _, holder = path.name.partition(TAKEN)
+            if not base.endswith(SUFFIX) or (holder and not holder.isdigit()):
+                continue
+            if holder and int(holder) != os.getpid() and _alive(int(holder)):
+                continue  # a running worker's
+            taken = path.with_name(f"{base}{TAKEN}{os.getpid()}")
             try:
                 path.rename(taken)
             except FileNotFoundError:
@@ -175,7 +192,7 @@ class Spool:
         if entries:
             try:
                 new = self._write(entries)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a value JSON cannot hold (NaN)
                 log.error("spool.failed", dir=str(self.directory), error=str(exc), outcomes=len(entries))
                 return False
         for path in self.owned:

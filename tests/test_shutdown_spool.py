@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import signal
 import socket
 import threading
@@ -310,3 +311,25 @@ def test_state_dir_defaults_to_the_systemd_state_directory_when_writable(tmp_pat
     assert spool.resolve_state_dir("") == tmp_path
     monkeypatch.setattr(spool, "DEFAULT_STATE_DIR", tmp_path / "missing")
     assert spool.resolve_state_dir("") == Path("state")
+
+
+def test_files_taken_by_a_worker_that_died_are_taken_again_not_those_of_a_live_one(tmp_path):
+    from delivery_worker.spool import Spool
+
+    now = datetime.now(UTC)
+    lines = {}
+    for job_id, holder in ((1, 999_999_999), (2, os.getppid())):  # no such pid; the test runner's parent
+        outcome = Outcome(
+            Job(Table.DELIVERY_JOBS, job_id, "t", 1, "OPEN", 0, None, None, None, now),
+            Verdict.COMPLETED,
+            now,
+            now,
+        )
+        lines[job_id] = to_line(SpooledOutcome("db", outcome))
+        (tmp_path / f"outcomes-7-{job_id}.jsonl.taken-{holder}").write_text(lines[job_id] + "\n")
+
+    taken = Spool(tmp_path).take()
+
+    assert [entry.outcome.job.job_id for entry in taken] == [1]
+    assert (tmp_path / f"outcomes-7-1.jsonl.taken-{os.getpid()}").exists()
+    assert (tmp_path / f"outcomes-7-2.jsonl.taken-{os.getppid()}").exists()
