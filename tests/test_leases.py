@@ -20,7 +20,16 @@ from delivery_worker.db import connect, transaction
 from delivery_worker.jobs import Table
 from delivery_worker.queues.status import LEASE_LOST_ERROR, resync_leases
 from tests.processes import start_worker, wait_until
-from tests.rows import execute, insert_channel, insert_notification_job, job, log_rows
+from tests.rows import (
+    attempt_rows,
+    execute,
+    insert_channel,
+    insert_delivery_job,
+    insert_integration,
+    insert_notification_job,
+    job,
+    log_rows,
+)
 from tests.servers.http import Reply
 from tests.test_least_privilege import RUN_GRANTS
 
@@ -280,3 +289,18 @@ def test_connections_cut_while_leases_are_renewed_send_nothing_twice(database, h
 
     assert len(http_server.received("/slow")) == 1
     assert [r["success"] for r in log_rows(database, job_id)] == [True]
+
+
+def test_the_heartbeat_covers_the_integrations_queue_too(database, http_server):
+    http_server.script("/slow", Reply(200, delay=5.0))
+    integration = insert_integration(database, "webhook", config_json={"url": http_server.url("/slow")})
+    job_id = insert_delivery_job(database, integration)
+    settings = {"worker_lease_seconds": "2", "http_read_timeout": "30", "worker_job_timeout_seconds": "30"}
+
+    workers = [start_worker(database, **settings) for _ in range(2)]
+    assert wait_until(lambda: job(database, "delivery_jobs", job_id)["status"] == "COMPLETED", timeout=30)
+    for worker in workers:
+        stop(worker)
+
+    assert len(http_server.received("/slow")) == 1
+    assert [(r["attempt_no"], r["ok"]) for r in attempt_rows(database, job_id)] == [(1, True)]
