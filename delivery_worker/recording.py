@@ -53,7 +53,7 @@ class Unwritten:
 
 @dataclass
 class WriteReport:
-    """What one transaction did with the outcomes, by job key; applied only once it commits."""
+    """What one transaction did with the outcomes; applied only once it commits."""
 
     written: list[Outcome] = field(default_factory=list)
     superseded: list[Outcome] = field(default_factory=list)

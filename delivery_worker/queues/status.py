@@ -1,8 +1,10 @@
-"""Status transitions shared by both queues: the retry contract written as UPDATEs.
+"""Status transitions shared by both queues: the retry contract written as UPDATEs, and the leases.
 
 Each runs once per poll cycle for all outcomes of its kind (``execute_values``). An outcome is
-written only while the job is still PROCESSING under the lease it was claimed with, so a late
-outcome can never overwrite a job that was requeued or reclaimed by another worker meanwhile.
+written only while the job is still PROCESSING under the lease its worker holds (set by the claim,
+moved by each heartbeat renewal), so a late outcome can never overwrite a job that was requeued or
+reclaimed by another worker meanwhile. Also here: renewing leases, reaping expired ones (all at once
+or one job at a time), and restoring a reaped claim for an outcome that outlived it.
 """
 
 from __future__ import annotations
