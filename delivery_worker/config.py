@@ -63,6 +63,7 @@ class WorkerSettings:
     job_timeout_seconds: float
     lease_seconds: float
     shutdown_timeout: float
+    state_dir: str  # the spool's directory; "" picks /var/lib/delivery-worker if writable, else ./state
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "job_timeout_seconds": ("60", _float(1)),
         "lease_seconds": ("300", _float(1)),
         "shutdown_timeout": ("25", _float(0)),
+        "state_dir": ("", _optional_text),
     },
     "http": {
         "connect_timeout": ("5", _float(0, exclusive=True)),

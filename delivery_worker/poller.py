@@ -2,47 +2,90 @@
 
 The poller's thread is the only one that talks to the database (one connection); worker threads
 only deliver and put their ``Outcome`` on a queue. That split means a finished delivery is never
-lost to a database hiccup: outcomes wait in memory until they are written, and the loop reconnects
-with backoff while jobs keep running.
+lost to a database hiccup: outcomes wait in memory until they are written, the leases of their jobs
+renewed meanwhile, and the loop reconnects with backoff while jobs keep running.
+
+Each cycle is one transaction: write outcomes, renew leases (the heartbeat), reap expired leases of
+other workers' jobs, claim. Each step runs in a savepoint, so a refused statement costs only its step.
+Shutdown always ends within ``shutdown_timeout``; what could not be written goes to the spool.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg2
 import structlog
 from psycopg2.extensions import cursor
 
 from channels.errors import TransientError
+from delivery_worker.claims import Claims
 from delivery_worker.config import Settings
-from delivery_worker.db import Connection, DatabaseRejected, DatabaseUnavailable, connect, transaction
+from delivery_worker.db import (
+    CONNECT_TIMEOUT_SECONDS,
+    Connection,
+    DatabaseRejected,
+    DatabaseUnavailable,
+    connect,
+    transaction,
+)
 from delivery_worker.delivery import Deliverer
+from delivery_worker.heartbeat import Heartbeat
 from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
+from delivery_worker.reaping import Reaper
+from delivery_worker.recording import OutcomeWriter, Unwritten, WriteReport
+from delivery_worker.savepoint import Refused, savepoint
+from delivery_worker.spool import Spool, SpooledOutcome, resolve_state_dir
 
 log = structlog.get_logger("delivery_worker.poller")
 
-REAP_INTERVAL_SECONDS = 5.0
 RECONNECT_MIN_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 15.0
+# Of shutdown_timeout, the last part is kept for writing outcomes (in-flight jobs are given up at its
+# start) and the very end for saving the spool.
+FLUSH_RESERVE_SECONDS = 5.0
+SPOOL_RESERVE_SECONDS = 1.0
 
 
 @dataclass
 class Running:
+    """One job being delivered by a worker thread (a task covering several jobs has one per job)."""
+
     job: Job
     started_at: datetime
     submitted_at: float  # monotonic
     warned: bool = False
 
 
-RECONNECT_MAX_SECONDS = 15.0
+@dataclass(frozen=True)
+class ShutdownTimes:
+    """Monotonic times, from the stop signal: in-flight jobs may finish until ``finish_by``, outcomes
+    are written until ``flush_by``, and what is left is spooled before ``stop_deadline``."""
+
+    finish_by: float
+    flush_by: float
+    stop_deadline: float
+
+    @classmethod
+    def starting_now(cls, timeout: float) -> ShutdownTimes:
+        now = time.monotonic()
+        spool = min(SPOOL_RESERVE_SECONDS, timeout * 0.1)
+        flush = min(FLUSH_RESERVE_SECONDS, timeout * 0.3)
+        return cls(
+            finish_by=now + timeout - flush, flush_by=now + timeout - spool, stop_deadline=now + timeout
+        )
 
 
 class Poller:
@@ -53,6 +96,7 @@ class Poller:
         deliverer: Deliverer,
         stopping: threading.Event,
         observer: PollObserver | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.observer: PollObserver = observer or Observers()
@@ -62,10 +106,20 @@ class Poller:
         self.wake = threading.Event()
         self.threads = settings.worker.threads
         self.finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self.unrecorded: list[Outcome] = []
-        self.in_flight: dict[str, Running] = {}
-        self.stop_deadline: float | None = None
-        self.next_reap = 0.0
+        self.in_flight: dict[str, Running] = {}  # by job key: never two deliveries of one job
+        self.claims = Claims(settings.worker.lease_seconds)  # running or unwritten, by job key
+        self.unwritten: dict[str, Unwritten] = {}  # by job key
+        self.writer = OutcomeWriter(self.queues, self.claims)
+        self.heartbeat = Heartbeat(self.queues, self.claims, settings.worker.lease_seconds)
+        self.reaper = Reaper(self.queues, self.claims, settings.worker.lease_seconds)
+        self.spool = spool or Spool(resolve_state_dir(settings.worker.state_dir))
+        self.spooled: list[SpooledOutcome] = []  # read at start, not yet matched to this database
+        self.other_databases: list[SpooledOutcome] = []  # spooled for another database: kept as is
+        self.replaying = False  # spooled outcomes are written before anything is reaped or claimed
+        self.database_name: str | None = None
+        self.shutdown: ShutdownTimes | None = None
+        self.shutdown_lock = threading.Lock()
+        self.exited = threading.Event()
         self.conn: Connection | None = None
         self.outage_since: float | None = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
@@ -74,21 +128,23 @@ class Poller:
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self, *, drain: bool = False) -> int:
-        """Poll until stopped (or, with drain, until nothing is due and nothing is in flight).
+        """Poll until stopped (or, with drain, until nothing is due, in flight or unwritten).
 
         Returns how many jobs were still running when ``shutdown_timeout`` ran out; their threads
         are abandoned (the caller should exit the process) and the jobs are already put back.
         """
+        self.spooled = self.spool.take()
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="deliver")
         listener_stop = threading.Event()
         if not drain:
             NotificationListener(self.settings.database.dsn, self.wake, listener_stop).start()
+        threading.Thread(target=self._watch_shutdown, name="shutdown-watch", daemon=True).start()
         abandoned = 0
         try:
             while True:
                 self.wake.clear()
                 self._collect_finished()
-                claimed = self._record_and_claim()
+                claimed = self._cycle(claim=True)
                 for job in claimed:
                     self._submit(pool, job)
                 self._warn_overdue()
@@ -96,11 +152,10 @@ class Poller:
                     database_ok=self.outage_since is None, in_flight=len(self.in_flight)
                 )
                 if self.stopping.is_set():
-                    if self.stop_deadline is None:
-                        self._begin_shutdown()
+                    times = self._shutdown_times()
                     if not self.in_flight:
                         break
-                    if time.monotonic() >= (self.stop_deadline or 0):
+                    if time.monotonic() >= times.finish_by:
                         abandoned = self._abandon_in_flight()
                         break
                 elif drain and not claimed and not self.in_flight and self._idle():
@@ -111,25 +166,51 @@ class Poller:
             listener_stop.set()
             self.observer.stopping()
             self._flush_on_exit()
+            self.exited.set()
             pool.shutdown(wait=abandoned == 0, cancel_futures=True)
         return abandoned
 
-    def _begin_shutdown(self) -> None:
-        timeout = self.settings.worker.shutdown_timeout
-        self.stop_deadline = time.monotonic() + timeout
-        log.info("shutdown.started", in_flight=len(self.in_flight), timeout_s=timeout)
+    def _shutdown_times(self) -> ShutdownTimes:
+        """Fixed once, when the stop (or the end of a drain) is first seen, by the loop or the watcher."""
+        with self.shutdown_lock:
+            if self.shutdown is None:
+                timeout = self.settings.worker.shutdown_timeout
+                self.shutdown = ShutdownTimes.starting_now(timeout)
+                if self.stopping.is_set():
+                    log.info("shutdown.started", in_flight=len(self.in_flight), timeout_s=timeout)
+            return self.shutdown
+
+    def _watch_shutdown(self) -> None:
+        """The loop may be blocked in a database call when the stop comes: at ``flush_by`` this thread
+        cuts the database connection, so the call fails at once and the loop spools and exits."""
+        while not self.stopping.wait(0.25):
+            if self.exited.is_set():
+                return
+        times = self._shutdown_times()
+        if not self.exited.wait(max(0.0, times.flush_by - time.monotonic())):
+            log.warning("shutdown.database_cut", unwritten=len(self.unwritten))
+            self._cut_connection()
+
+    def _cut_connection(self) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        with (
+            contextlib.suppress(OSError, psycopg2.Error),
+            socket.socket(fileno=os.dup(conn.fileno())) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _abandon_in_flight(self) -> int:
-        """Jobs still running at the shutdown deadline: count the attempt and put them back."""
+        """Jobs still running when shutdown must move on: count the attempt and put them back."""
         now = datetime.now(UTC)
         error = TransientError("worker shut down before the attempt finished")
-        for running in self.in_flight.values():
+        for key, running in self.in_flight.items():
             verdict, delay = self.deliverer.policy.decide(running.job.attempts, error)
-            self.unrecorded.append(
-                Outcome(
-                    running.job, verdict, running.started_at, now, error=str(error), retry_delay_seconds=delay
-                )
+            outcome = Outcome(
+                running.job, verdict, running.started_at, now, error=str(error), retry_delay_seconds=delay
             )
+            self.unwritten[key] = Unwritten(outcome)
         abandoned = len(self.in_flight)
         log.warning("shutdown.abandoned", jobs=sorted(self.in_flight), count=abandoned)
         self.in_flight.clear()
@@ -150,22 +231,51 @@ class Poller:
 
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
-        if self.stop_deadline is not None:
-            wait = max(0.0, min(wait, self.stop_deadline - time.monotonic()))
+        renewal = self.heartbeat.seconds_to_next()
+        if renewal is not None and self.outage_since is None:
+            wait = min(wait, renewal)
+        if self.shutdown is not None:
+            wait = max(0.0, min(wait, self.shutdown.finish_by - time.monotonic()))
         return wait
 
     def _idle(self) -> bool:
-        return self.outage_since is None and not self.unrecorded
+        return self.outage_since is None and not self.unwritten and not self.replaying and not self.spooled
 
     # --- executing -------------------------------------------------------------------------------
 
     def _submit(self, pool: ThreadPoolExecutor, job: Job) -> None:
-        future = pool.submit(self.deliverer.run, job)
-        self.in_flight[job.key] = Running(job, datetime.now(UTC), time.monotonic())
-        future.add_done_callback(self._on_done)
+        if job.key in self.claims:
+            # Its lease was lost and it came back to this worker, which still runs it or has its
+            # outcome to write: take the new claim over instead of sending it a second time.
+            log.warning("job.claimed_again", job=job.key, attempt=job.attempt)
+            self.claims.hold(job)
+            return
+        self._start(pool, [job], lambda: self.deliverer.run(job))
 
-    def _on_done(self, future: Future[Outcome]) -> None:
-        self.finished.put(future.result())
+    def _start(
+        self, pool: ThreadPoolExecutor, jobs: list[Job], task: Callable[[], Outcome | list[Outcome]]
+    ) -> None:
+        """Run ``task`` in a worker thread; it returns the outcome of each of ``jobs``."""
+        started, submitted = datetime.now(UTC), time.monotonic()
+        for job in jobs:
+            self.in_flight[job.key] = Running(job, started, submitted)
+            self.claims.hold(job)
+        future = pool.submit(task)
+        future.add_done_callback(lambda done: self._on_done(done, jobs))
+
+    def _on_done(self, future: Future[Outcome | list[Outcome]], jobs: list[Job]) -> None:
+        try:
+            result = future.result()
+        except BaseException as exc:  # a bug past the job boundary: the jobs are retried, not lost
+            log.error("task.crashed", jobs=[j.key for j in jobs], error=f"{type(exc).__name__}: {exc}")
+            now = datetime.now(UTC)
+            error = TransientError(f"internal error: {type(exc).__name__}")
+            result = []
+            for job in jobs:
+                verdict, delay = self.deliverer.policy.decide(job.attempts, error)
+                result.append(Outcome(job, verdict, now, now, error=str(error), retry_delay_seconds=delay))
+        for outcome in result if isinstance(result, list) else [result]:
+            self.finished.put(outcome)
         self.wake.set()
 
     def _collect_finished(self) -> None:
@@ -175,78 +285,66 @@ class Poller:
             except queue.Empty:
                 break
             if self.in_flight.pop(outcome.job.key, None) is not None:
-                self.unrecorded.append(outcome)  # else it was abandoned and already put back
+                self.unwritten[outcome.job.key] = Unwritten(outcome)
+            # else it was abandoned at shutdown and its put-back outcome is already waiting
 
     # --- database --------------------------------------------------------------------------------
 
-    def _record_and_claim(self, *, claim: bool = True) -> list[Job]:
-        """One transaction per cycle: write finished outcomes, take back expired leases, and
-        (unless stopping) claim up to the free capacity. The outcomes stay in memory until it
-        commits."""
+    def _cycle(self, *, claim: bool) -> list[Job]:
+        """One transaction: write due outcomes, renew leases, take back expired leases and (unless
+        stopping, or still replaying the spool) claim up to the free capacity. Nothing is forgotten
+        or believed until it commits."""
         if not self._ensure_connection():
             return []
         assert self.conn is not None
-        outcomes = list(self.unrecorded)
+        started = time.monotonic()
+        due = [u for u in self.unwritten.values() if u.next_try <= started]
         claimed: list[Job] = []
         try:
             with transaction(self.conn) as cur:
-                self._write(cur, outcomes)
-                self._reap_expired_leases(cur)
-                free = self.threads - len(self.in_flight)
-                if claim and free > 0 and not self.stopping.is_set():
-                    claimed = self._claim(cur, free)
-        except DatabaseRejected as exc:
-            if not outcomes:
-                self._lost_connection(str(exc))
-                return []
-            self._record_one_by_one(exc)
-            return []
-        except DatabaseUnavailable as exc:
+                self.heartbeat.resync(cur)
+                report = self.writer.write(cur, due)
+                renewals = self.heartbeat.renew(cur, skip=report.done_keys)
+                if not self.replaying:
+                    self.reaper.reap_if_due(cur)
+                    free = self.threads - len(self.in_flight)
+                    if claim and free > 0 and not self.stopping.is_set():
+                        claimed = self._claim_in_savepoint(cur, free)
+        except (DatabaseUnavailable, DatabaseRejected) as exc:
+            self.heartbeat.broke_off()
             self._lost_connection(str(exc))
             return []
-        self._recorded(outcomes)
+        self._written(report)
+        self.heartbeat.committed(renewals, started)
+        if self.replaying:
+            self._replayed(report)
         if claimed:
             self.observer.jobs_claimed(claimed)
         return claimed
 
-    def _write(self, cur: cursor, outcomes: list[Outcome]) -> None:
-        for job_queue in self.queues:
-            mine = [o for o in outcomes if o.job.table is job_queue.table]
-            if mine:
-                job_queue.record(cur, mine)
+    def _written(self, report: WriteReport) -> None:
+        """Forget outcomes that are now committed, or that can no longer be written."""
+        for outcome in report.written + report.superseded:
+            self.unwritten.pop(outcome.job.key, None)
+            self.claims.release(outcome.job.key)
+        for outcome in report.superseded:
+            log.warning(
+                "outcome.superseded",
+                job=outcome.job.key,
+                verdict=outcome.verdict.value,
+                reason="the job is no longer held under this worker's claim (reaped, or already written)",
+            )
+        if report.written:
+            self.observer.outcomes_recorded(report.written)
 
-    def _recorded(self, outcomes: list[Outcome]) -> None:
-        """Forget outcomes that are now committed."""
-        if not outcomes:
-            return
-        done = {id(o) for o in outcomes}
-        self.unrecorded = [o for o in self.unrecorded if id(o) not in done]
-        self.observer.outcomes_recorded(outcomes)
-
-    def _record_one_by_one(self, error: DatabaseRejected) -> None:
-        """One bad outcome must not hold back the rest: write them one by one and drop what is
-        still refused (those jobs stay PROCESSING and are reclaimed when their lease ends)."""
-        assert self.conn is not None
-        log.error("outcomes.rejected", error=str(error), count=len(self.unrecorded))
-        for outcome in list(self.unrecorded):
-            try:
-                with transaction(self.conn) as cur:
-                    self._write(cur, [outcome])
-            except DatabaseRejected as single:
-                log.error("outcome.dropped", job=outcome.job.key, error=str(single))
-                self.unrecorded.remove(outcome)
-                continue
-            self._recorded([outcome])
-
-    def _reap_expired_leases(self, cur: cursor) -> None:
-        now = time.monotonic()
-        if now < self.next_reap:
-            return
-        self.next_reap = now + min(REAP_INTERVAL_SECONDS, self.settings.worker.lease_seconds / 2)
-        for job_queue in self.queues:
-            reclaimed = job_queue.reap(cur)
-            if reclaimed:
-                log.warning("jobs.reclaimed", table=job_queue.table.value, count=reclaimed)
+    def _claim_in_savepoint(self, cur: cursor, free: int) -> list[Job]:
+        """A refused claim must not undo the outcomes and renewals written before it."""
+        try:
+            with savepoint(cur, "claim"):
+                return self._claim(cur, free)
+        except Refused as exc:
+            log.error("claim.refused", error=str(exc))
+            return []
 
     def _claim(self, cur: cursor, free: int) -> list[Job]:
         """Claim for each table in turn, starting with a different one each cycle.
@@ -279,6 +377,8 @@ class Poller:
     def _ensure_connection(self) -> bool:
         if self.conn is not None and not self.conn.closed:
             return True
+        if self.shutdown is not None and time.monotonic() + CONNECT_TIMEOUT_SECONDS > self.shutdown.flush_by:
+            return False  # a connection attempt could outlast the shutdown: spool instead
         try:
             self.conn = connect(self.settings.database.dsn)
         except DatabaseUnavailable as exc:
@@ -288,10 +388,12 @@ class Poller:
             log.info(
                 "database.recovered",
                 outage_s=round(time.monotonic() - self.outage_since, 1),
-                pending_outcomes=len(self.unrecorded),
+                pending_outcomes=len(self.unwritten),
             )
         self.outage_since = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
+        self.database_name = self.conn.info.dbname
+        self._adopt_spool()
         return True
 
     def _lost_connection(self, reason: str) -> None:
@@ -304,15 +406,66 @@ class Poller:
         else:
             self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_MAX_SECONDS)
 
+    # --- the spool -------------------------------------------------------------------------------
+
+    def _adopt_spool(self) -> None:
+        """Once connected: the spooled outcomes of this database become unwritten outcomes, written
+        before anything is reaped or claimed; those of another database are kept for it."""
+        if not self.spooled:
+            return
+        for entry in self.spooled:
+            if entry.database != self.database_name:
+                self.other_databases.append(entry)
+                continue
+            job = entry.outcome.job
+            self.claims.hold(job, renewed_at=float("-inf"))  # its lease may have run out meanwhile
+            self.unwritten[job.key] = Unwritten(entry.outcome)
+            self.replaying = True
+        if self.other_databases:
+            log.warning(
+                "spool.other_database", outcomes=len(self.other_databases), database=self.database_name
+            )
+        self.spooled = []
+        if not self.replaying:
+            self.spool.save(self.other_databases)
+
+    def _replayed(self, report: WriteReport) -> None:
+        """The spool's first write committed: claiming may start. What the database still refuses stays
+        unwritten (and in the spool file) and is retried like any other outcome."""
+        self.replaying = False
+        log.info(
+            "spool.replayed",
+            written=len(report.written),
+            superseded=len(report.superseded),
+            still_unwritten=len(self.unwritten),
+        )
+        self.spool.save(self._spool_entries())
+
+    def _spool_entries(self) -> list[SpooledOutcome]:
+        database = self.database_name or ""
+        owed = [SpooledOutcome(database, self.claims.current(u.outcome)) for u in self.unwritten.values()]
+        return self.other_databases + self.spooled + owed
+
     def _flush_on_exit(self) -> None:
-        """Record the last outcomes; keep trying briefly if the database is down at that moment."""
+        """Write the last outcomes until ``flush_by``; save whatever is still unwritten to the spool."""
         self._collect_finished()
-        deadline = time.monotonic() + 10
-        while self.unrecorded and time.monotonic() < deadline:
-            self._record_and_claim(claim=False)
-            if self.unrecorded:
-                time.sleep(self.reconnect_delay)
-        if self.unrecorded:
-            log.error("shutdown.outcomes_unrecorded", count=len(self.unrecorded))
+        times = self._shutdown_times()
+        while self.unwritten and time.monotonic() < times.flush_by:
+            self._cycle(claim=False)
+            if self.unwritten:
+                next_try = min(u.next_try for u in self.unwritten.values())
+                pause = max(
+                    self.reconnect_delay if self.outage_since is not None else 0.05,
+                    next_try - time.monotonic(),
+                )
+                time.sleep(max(0.0, min(pause, times.flush_by - time.monotonic())))
+        entries = self._spool_entries()
+        if self.unwritten:
+            log.error(
+                "shutdown.outcomes_unwritten", count=len(self.unwritten), spool=str(self.spool.directory)
+            )
+        if entries or self.spool.owned:
+            self.spool.save(entries)
         if self.conn is not None:
-            self.conn.close()
+            with contextlib.suppress(psycopg2.Error):
+                self.conn.close()

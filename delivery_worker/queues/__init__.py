@@ -22,12 +22,18 @@ class JobQueue(Protocol):
         """Move up to ``limit`` due PENDING jobs to PROCESSING and return them."""
         ...
 
-    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
-        """Write the outcomes (status, attempts, log rows) of finished jobs."""
+    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write the outcomes (status, attempts, log rows) of finished jobs still held under their
+        claim's lease; return the ids written (a row locked by another session is skipped)."""
         ...
 
-    def reap(self, cur: cursor) -> int:
-        """Take back jobs whose lease expired (their worker died), counting the lost attempt."""
+    def reap(self, cur: cursor, *, mine: Sequence[int] = (), only: int | None = None) -> int:
+        """Take back jobs whose lease expired (their worker died), counting the lost attempt; never
+        the jobs in ``mine`` (held by this worker); with ``only``, just that job."""
+        ...
+
+    def expired_jobs(self, cur: cursor, *, mine: Sequence[int] = (), limit: int = 1000) -> list[int]:
+        """Ids of jobs whose lease ran out, not yet taken back."""
         ...
 
 

@@ -96,7 +96,7 @@ class DeliveryJobs(LeasedQueue):
     claim_sql = CLAIM
     reap_returns = "NULL"
 
-    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
+    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> set[int]:
         written = record_statuses(cur, self.table, outcomes)
         rows = [
             (
@@ -115,9 +115,10 @@ class DeliveryJobs(LeasedQueue):
         ]
         if rows:
             execute_values(cur, INSERT_ATTEMPTS, rows)
+        return written
 
-    def reap(self, cur: cursor) -> int:
-        reaped = self.reap_expired(cur)
+    def reap(self, cur: cursor, *, mine: Sequence[int] = (), only: int | None = None) -> int:
+        reaped = self.reap_expired(cur, mine=mine, only=only)
         rows = [
             (tenant_id, job_id, attempts, False, None, None, LEASE_LOST_ERROR, None, None)
             for job_id, _status, tenant_id, _alert, attempts, _extra in reaped

@@ -44,7 +44,7 @@ class NotificationJobs(LeasedQueue):
     claim_sql = CLAIM
     reap_returns = "j.channel_id"
 
-    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> None:
+    def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> set[int]:
         written = record_statuses(cur, self.table, outcomes)
         finished = [
             o
@@ -63,9 +63,10 @@ class NotificationJobs(LeasedQueue):
                 for o in finished
             ]
             execute_values(cur, INSERT_LOG, rows)
+        return written
 
-    def reap(self, cur: cursor) -> int:
-        reaped = self.reap_expired(cur)
+    def reap(self, cur: cursor, *, mine: Sequence[int] = (), only: int | None = None) -> int:
+        reaped = self.reap_expired(cur, mine=mine, only=only)
         failed = [
             (channel_id, alert_id, job_id, False, LEASE_LOST_ERROR)
             for job_id, status, _tenant, alert_id, _attempts, channel_id in reaped
