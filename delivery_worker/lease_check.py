@@ -1,24 +1,22 @@
 """Refusing a lease shorter than the longest possible attempt.
 
 A job's lease (``[worker] lease_seconds``) is how long other workers wait before they claim it
-again. An attempt ends by ``job_timeout_seconds`` (the channel is cut at that deadline), but its
-outcome is written afterwards by the poll loop, which may at that moment be waiting on a statement
-of its own: up to ``statement_timeout`` plus the client-side grace before that statement is cut
-(``WORKER_SESSION.client_limit``, 20 s). ``LEASE_MARGIN_SECONDS`` covers that wait plus 10 s for
-closing the cut connection and thread scheduling. A shorter lease lets a second worker send a job
-the first is still finishing.
+again. The poll loop renews the leases of the jobs it holds every third of a lease (the heartbeat,
+delivery_worker/heartbeat.py), while they run and while their outcomes wait to be written. This
+check is the floor under that: even a worker whose renewals fail (its poll loop stuck on the
+database) never has a lease run out in the middle of an attempt, because an attempt is cut at
+``job_timeout_seconds`` and ``LEASE_MARGIN_SECONDS`` leaves time to hand its outcome to the loop.
 """
 
 from __future__ import annotations
 
 from delivery_worker.config import WorkerSettings
-from delivery_worker.db import WORKER_SESSION
 
-LEASE_MARGIN_SECONDS = (WORKER_SESSION.client_limit or 0.0) + 10.0
+LEASE_MARGIN_SECONDS = 2.0
 
 
 def longest_attempt_seconds(worker: WorkerSettings) -> float:
-    """The longest a claimed job can stay unrecorded by a live worker."""
+    """The longest one attempt can hold a job, plus the time to hand its outcome over."""
     return worker.job_timeout_seconds + LEASE_MARGIN_SECONDS
 
 

@@ -127,11 +127,6 @@ def test_worker_notices_a_silent_partition_in_seconds_and_recovers(database, htt
     assert len(http_server.received("/hook")) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the poll loop to write a busy outcome apart from the rest and a bounded shutdown "
-    "(lease engineer, delivery_worker/poller.py); remove this marker once merged",
-)
 def test_a_row_lock_on_an_in_flight_job_stops_nothing_else_and_sigterm_exits_in_time(database, http_server):
     http_server.script("/slow", Reply(200, delay=1.0))
     slow = insert_channel(database, "webhook", {"url": http_server.url("/slow")}, tenant_id="tenant-a")

@@ -19,9 +19,9 @@ def test_defaults_pass_and_the_margin_is_enforced():
     assert lease_problem(make_settings().worker) is None  # 300 s lease, 60 s attempts
     exact = make_settings(worker={"job_timeout_seconds": 60.0, "lease_seconds": 60.0 + LEASE_MARGIN_SECONDS})
     assert lease_problem(exact.worker) is None
-    short = make_settings(worker={"job_timeout_seconds": 60.0, "lease_seconds": 89.0})
+    short = make_settings(worker={"job_timeout_seconds": 60.0, "lease_seconds": 61.0})
     assert lease_problem(short.worker) == (
-        "[worker] lease_seconds: must be >= job_timeout_seconds + 30 s = 90, got 89 (a job still being "
+        "[worker] lease_seconds: must be >= job_timeout_seconds + 2 s = 62, got 61 (a job still being "
         "sent would be claimed again by another worker and sent twice)"
     )
 
@@ -39,7 +39,7 @@ def test_check_config_and_run_refuse_a_lease_shorter_than_an_attempt_with_one_li
         assert len(lines) == 1 and lines[0].startswith(
             "delivery-worker: config error: [worker] lease_seconds"
         )
-        assert "150" in lines[0]
+        assert "122" in lines[0]
 
 
 def test_a_long_attempt_with_a_long_enough_lease_is_accepted():

@@ -116,7 +116,8 @@ def test_a_spooled_completion_wins_over_a_reap_that_has_not_been_resent(
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
     job_ids = [insert_notification_job(database, channel) for _ in range(3)]
     settings = {
-        "worker_lease_seconds": "1",
+        "worker_lease_seconds": "4",
+        "worker_job_timeout_seconds": "2",
         "worker_state_dir": str(tmp_path),
         "worker_shutdown_timeout": "4",
     }
@@ -126,11 +127,12 @@ def test_a_spooled_completion_wins_over_a_reap_that_has_not_been_resent(
     proxy.cut()
     worker.send_signal(signal.SIGTERM)
     worker.communicate(timeout=30)
-    time.sleep(1.5)
+    time.sleep(4.5)  # the leases run out while the worker is down
     reaper = start_worker(
         database,
         "--drain",
-        worker_lease_seconds="1",
+        worker_lease_seconds="4",
+        worker_job_timeout_seconds="2",
         worker_backoff_base_seconds="3600",
         worker_state_dir=str(tmp_path / "elsewhere"),
     )
