@@ -63,6 +63,10 @@ class WorkerSettings:
     job_timeout_seconds: float
     lease_seconds: float
     shutdown_timeout: float
+    # A job due for longer than this ranks with the most severe (no starvation); see docs/storms-claim.md.
+    max_priority_wait_seconds: float = 60.0
+    # Most jobs one channel/integration may have running in this worker; 0 means `threads`.
+    max_in_flight_per_destination: int = 4
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "job_timeout_seconds": ("120", _float(1)),
         "lease_seconds": ("300", _float(1)),
         "shutdown_timeout": ("25", _float(0)),
+        "max_priority_wait_seconds": ("60", _float(0)),
+        "max_in_flight_per_destination": ("4", _int(0, 512)),
     },
     "http": {
         "connect_timeout": ("5", _float(0, exclusive=True)),
