@@ -128,3 +128,19 @@ def test_one_worker_fails_tenant_a_poison_and_delivers_tenant_b(database, http_s
     assert [log["success"] for log in log_rows(database, poisoned)] == [False]
     assert len(http_server.received("/b")) == 2
     assert http_server.received("/a") == []
+
+
+def test_an_absurd_severity_fails_at_once_with_a_clear_error(database, http_server):
+    channel = insert_channel(database, "slack", {"webhook_url": http_server.url("/slack")})
+    absurd = insert_notification_job(database, channel, dict(SAMPLE_PAYLOAD, severity="inf"))
+    negative = insert_notification_job(database, channel, dict(SAMPLE_PAYLOAD, severity=-1))
+
+    drain(database)
+
+    row = execute(
+        database, "SELECT status, attempts, last_error FROM notification_jobs WHERE job_id = %s", (absurd,)
+    )
+    assert row == [{"status": "FAILED", "attempts": 1, "last_error": "severity 'inf' is not a finite number"}]
+    assert job(database, "notification_jobs", negative)["status"] == "COMPLETED"
+    (sent,) = http_server.received("/slack")
+    assert sent.body.startswith(b'{"text": "[UNKNOWN]')
