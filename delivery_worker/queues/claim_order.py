@@ -36,7 +36,8 @@ from channels.alert import TOP_SEVERITY_RANK
 from delivery_worker.jobs import Job, Table
 
 # An alert's later event waits while an earlier one for the same destination is still open.
-# OPEN has nothing before it, so it skips the lookup.
+# OPEN has nothing before it, so it skips the lookup; the others probe the producers' unique
+# constraint by its (tenant_id, alert_id) prefix: an alert's few jobs, at any history size.
 _WAITS_FOR_EARLIER_EVENT = """(j.deliver_on_event = 'OPEN' OR NOT EXISTS (
                    SELECT 1 FROM {table} AS earlier
                    WHERE earlier.tenant_id = j.tenant_id AND earlier.alert_id = j.alert_id
