@@ -190,7 +190,12 @@ def main() -> None:
         )
         ids = {"channel": channel, "integration": integration, "route": route}
         settings = load_settings("/dev/null", environ={})
-        settings = dataclasses.replace(settings, database=dataclasses.replace(settings.database, dsn=dsn))
+        settings = dataclasses.replace(
+            settings,
+            database=dataclasses.replace(settings.database, dsn=dsn),
+            # One channel takes every claim, as the worker's free threads would (no per-destination share).
+            worker=dataclasses.replace(settings.worker, max_in_flight_per_destination=args.batch),
+        )
         queues = build_queues(settings)
         added = 0
         conn = connect(dsn)

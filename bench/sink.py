@@ -8,6 +8,8 @@ machine).
 
 Paths:
 
+- ``/delay/<ms>/...``: recorded at arrival, answered ``200 ok`` after ``<ms>`` milliseconds (a slow
+  endpoint, e.g. ``/delay/40/hook`` for bench/storm.py).
 - ``/hang...``: recorded, then never answered; the connection is held until the client gives up
   (its read timeout) or ``--hold-seconds`` pass.
 - ``/__stats``: ``{"count", "requests", "hung", "cpu_s"}`` (distinct keys, requests, held requests).
@@ -92,6 +94,21 @@ class Recorder:
         return json.dumps(self.stats()).encode()
 
 
+def _answer(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.write(OK)
+
+
+def _delay_ms(target: str) -> float:
+    """The ``<ms>`` of a ``/delay/<ms>/...`` target (0 for any other target)."""
+    if not target.startswith("/delay/"):
+        return 0.0
+    try:
+        return max(0.0, float(target.split("/")[2]))
+    except ValueError:
+        return 0.0
+
+
 async def _wait_bounded(future: asyncio.Future[None], timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(future, timeout)
@@ -146,6 +163,10 @@ class SinkProtocol(asyncio.Protocol):
             self.recorder.loop.call_later(self.recorder.hold_seconds, self.transport.close)
             return
         self.recorder.arrived(key, now)
+        delay_ms = _delay_ms(target)
+        if delay_ms:
+            self.recorder.loop.call_later(delay_ms / 1000, _answer, self.transport)
+            return
         self.transport.write(OK)
 
     async def control(self, target: str) -> None:

@@ -66,11 +66,16 @@ class Pass:
     sink_cpu_s: float
 
 
-def worker_settings(threads: int, batch_size: int, log_level: str) -> dict[str, str]:
+def worker_settings(
+    threads: int, batch_size: int, log_level: str, per_destination: int = 0
+) -> dict[str, str]:
     return {
         "worker_threads": str(threads),
         "worker_batch_size": str(batch_size),
         "logging_level": log_level,
+        # Every job goes to the one sink: by default the pipeline's own speed, not the per-destination
+        # share (docs/storms-claim.md); --per-destination 4 measures the worker's default share.
+        "worker_max_in_flight_per_destination": str(per_destination),
     }
 
 
@@ -256,9 +261,14 @@ def main() -> None:
         "--limit-client", choices=sorted(POSTERS), default="requests", help="HTTP client of the limit"
     )
     parser.add_argument("--profile", action="store_true", help="then profile the worker with py-spy")
+    parser.add_argument(
+        "--per-destination", type=int, default=0, help="[worker] max_in_flight_per_destination (0: threads)"
+    )
     args = parser.parse_args()
     jobs = args.jobs or (1_000 if args.quick else 20_000)
-    settings = worker_settings(args.threads // args.processes, args.batch_size, args.log_level)
+    settings = worker_settings(
+        args.threads // args.processes, args.batch_size, args.log_level, args.per_destination
+    )
 
     workers: list[Pass] = []
     limits: list[Pass] = []
@@ -285,7 +295,7 @@ def main() -> None:
             )[0][0]
             limits.append(http_limit(sink, bodies_for(dsn, ids), args.threads, args.limit_client))
         if args.profile:  # one process with all the threads
-            single = worker_settings(args.threads, args.batch_size, args.log_level)
+            single = worker_settings(args.threads, args.batch_size, args.log_level, args.per_destination)
             profile_passes(dsn, sink, channel_id, single, jobs, first=args.rounds * jobs + 1)
 
     rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""

@@ -64,6 +64,10 @@ class WorkerSettings:
     lease_seconds: float
     shutdown_timeout: float
     state_dir: str  # the spool's directory; "" picks /var/lib/delivery-worker if writable, else ./state
+    # A job due for longer than this ranks with the most severe (no starvation); see docs/storms-claim.md.
+    max_priority_wait_seconds: float = 60.0
+    # Most jobs one channel/integration may have running in this worker; 0 means `threads`.
+    max_in_flight_per_destination: int = 4
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "lease_seconds": ("300", _float(1)),
         "shutdown_timeout": ("25", _float(0)),
         "state_dir": ("", _optional_text),
+        "max_priority_wait_seconds": ("60", _float(0)),
+        "max_in_flight_per_destination": ("4", _int(0, 512)),
     },
     "http": {
         "connect_timeout": ("5", _float(0, exclusive=True)),

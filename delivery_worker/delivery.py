@@ -81,6 +81,8 @@ class Deliverer:
         return outcome
 
     def _deliver(self, job: Job, secrets: set[str]) -> Receipt:
+        if job.unreadable is not None:  # a JSON column the claim could not read (queues/json_columns.py)
+            raise PermanentError(job.unreadable)
         destination = job.destination
         if destination is None:
             raise PermanentError(NOT_FOUND[job.table])

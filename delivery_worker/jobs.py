@@ -44,6 +44,7 @@ class Job:
     destination: Destination | None  # None when the channel/integration row does not exist
     channel_id: int | None = None  # notification_jobs only, for notification_log
     lease: datetime | None = None  # lease_expires_at set by this claim; identifies the claim
+    unreadable: str | None = None  # why a JSON column of the row could not be read: fail at once
 
     @property
     def key(self) -> str:

@@ -44,6 +44,7 @@ from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
+from delivery_worker.queues.claim_order import running_by_destination
 from delivery_worker.reaping import Reaper
 from delivery_worker.recording import OutcomeWriter, Unwritten, WriteReport
 from delivery_worker.savepoint import Refused, savepoint
@@ -351,19 +352,22 @@ class Poller:
 
         Each table first gets an equal share of the free threads; what one leaves unused goes to
         the others. A flood in one table therefore never delays the other by more than one batch.
+        Each claim is told what this worker runs per destination (jobs claimed a moment ago
+        included), so no destination exceeds ``max_in_flight_per_destination``.
         """
         self.cycle += 1
         start = self.cycle % len(self.queues)
         order = self.queues[start:] + self.queues[:start]
         batch = self.settings.worker.batch_size
         share = max(1, free // len(order))
+        running = self._running_jobs()
         claimed: list[Job] = []
         hungry: list[JobQueue] = []
         for job_queue in order:
             limit = min(batch, share, free - len(claimed))
             if limit <= 0:
                 break
-            jobs = job_queue.claim(cur, limit)
+            jobs = job_queue.claim(cur, limit, running_by_destination(running + claimed, job_queue.table))
             claimed.extend(jobs)
             if len(jobs) == limit:
                 hungry.append(job_queue)
@@ -371,8 +375,14 @@ class Poller:
             limit = min(batch, free - len(claimed))
             if limit <= 0:
                 break
-            claimed.extend(job_queue.claim(cur, limit))
+            claimed.extend(
+                job_queue.claim(cur, limit, running_by_destination(running + claimed, job_queue.table))
+            )
         return claimed
+
+    def _running_jobs(self) -> list[Job]:
+        """The jobs this worker is running now (the one place that reads ``in_flight``'s shape)."""
+        return [running.job for running in self.in_flight.values()]
 
     def _ensure_connection(self) -> bool:
         if self.conn is not None and not self.conn.closed:

@@ -5,7 +5,7 @@ Only the poller's thread calls these, on its own connection; worker threads neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from psycopg2.extensions import cursor
@@ -18,8 +18,10 @@ from delivery_worker.retry import RetryPolicy
 class JobQueue(Protocol):
     table: Table
 
-    def claim(self, cur: cursor, limit: int) -> list[Job]:
-        """Move up to ``limit`` due PENDING jobs to PROCESSING and return them."""
+    def claim(self, cur: cursor, limit: int, running: Mapping[str, int] | None = None) -> list[Job]:
+        """Move up to ``limit`` due PENDING jobs to PROCESSING, in claim order, and return them.
+
+        ``running``: how many jobs this worker runs now per destination (queues/claim_order.py)."""
         ...
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> set[int]:
@@ -39,12 +41,18 @@ class JobQueue(Protocol):
 
 def build_queues(settings: Settings) -> list[JobQueue]:
     """Both tables, polled in turn by one loop."""
+    from delivery_worker.queues.claim_order import ClaimOrder
     from delivery_worker.queues.delivery_jobs import DeliveryJobs
     from delivery_worker.queues.notification_jobs import NotificationJobs
 
-    policy = RetryPolicy.from_settings(settings.worker)
-    lease = settings.worker.lease_seconds
+    worker = settings.worker
+    policy = RetryPolicy.from_settings(worker)
+    lease = worker.lease_seconds
+    order = ClaimOrder(
+        max_priority_wait_seconds=worker.max_priority_wait_seconds,
+        max_in_flight_per_destination=worker.max_in_flight_per_destination or worker.threads,
+    )
     return [
-        NotificationJobs(lease_seconds=lease, policy=policy),
-        DeliveryJobs(lease_seconds=lease, policy=policy),
+        NotificationJobs(lease_seconds=lease, policy=policy, order=order),
+        DeliveryJobs(lease_seconds=lease, policy=policy, order=order),
     ]

@@ -13,32 +13,34 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
+from delivery_worker.queues.claim_order import ClaimOrder, ClaimsInOrder, ordered_claim
+from delivery_worker.queues.json_columns import JsonColumns
 from delivery_worker.queues.status import LEASE_LOST_ERROR, LeasedQueue, clip, record_statuses
+from delivery_worker.retry import RetryPolicy
 
-CLAIM = """
-WITH due AS (
-    SELECT job_id, tenant_id, integration_id
-    FROM delivery_jobs
-    WHERE status = 'PENDING' AND next_run_at <= now()
-    ORDER BY next_run_at, job_id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
+# One statement claims the batch in claim order (queues/claim_order.py) and returns each job with
+# its integration (NULL when it was deleted). JSON comes back as text, read by json_columns.py.
+CLAIM = ordered_claim(
+    Table.DELIVERY_JOBS,
+    destination="integration_id",
+    chosen_columns="j.job_id, j.tenant_id, j.integration_id",
+    update="""
 UPDATE delivery_jobs AS j
 SET status = 'PROCESSING',
     lease_expires_at = now() + %(lease_seconds)s * interval '1 second',
     updated_at = now()
-FROM due
+FROM chosen
 LEFT JOIN integrations AS i
-       ON i.tenant_id = due.tenant_id AND i.integration_id = due.integration_id
-WHERE j.job_id = due.job_id
-RETURNING j.job_id, j.tenant_id, j.alert_id, j.deliver_on_event, j.attempts, j.payload_json,
+       ON i.tenant_id = chosen.tenant_id AND i.integration_id = chosen.integration_id
+WHERE j.job_id = chosen.job_id
+RETURNING j.job_id, j.tenant_id, j.alert_id, j.deliver_on_event, j.attempts, j.payload_json::text,
           j.lease_expires_at,
-          i.integration_id, i.type::text, i.enabled, i.config_json,
-          i.snmp_host, i.snmp_port, i.snmp_config, i.snmp_oid_prefix,
-          i.email_config, i.email_recipients, i.email_template,
-          i.mqtt_topic, i.mqtt_qos, i.mqtt_retain, i.mqtt_config
-"""
+          i.integration_id, i.type::text, i.enabled, i.config_json::text,
+          i.snmp_host, i.snmp_port, i.snmp_config::text, i.snmp_oid_prefix,
+          i.email_config::text, i.email_recipients::text, i.email_template::text,
+          i.mqtt_topic, i.mqtt_qos, i.mqtt_retain, i.mqtt_config::text
+""",
+)
 
 INSERT_ATTEMPTS = """
 INSERT INTO delivery_attempts
@@ -90,11 +92,24 @@ INTEGRATION_COLUMNS = (
     "mqtt_config",
 )
 
+JSON_COLUMNS = (
+    "config_json",
+    "snmp_config",
+    "email_config",
+    "email_recipients",
+    "email_template",
+    "mqtt_config",
+)
 
-class DeliveryJobs(LeasedQueue):
+
+class DeliveryJobs(ClaimsInOrder, LeasedQueue):
     table = Table.DELIVERY_JOBS
     claim_sql = CLAIM
     reap_returns = "NULL"
+
+    def __init__(self, *, lease_seconds: float, policy: RetryPolicy, order: ClaimOrder | None = None) -> None:
+        super().__init__(lease_seconds=lease_seconds, policy=policy)
+        self.order = order or ClaimOrder()
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> set[int]:
         written = record_statuses(cur, self.table, outcomes)
@@ -135,8 +150,12 @@ class DeliveryJobs(LeasedQueue):
     def job_from_row(self, row: tuple[Any, ...]) -> Job:
         job_id, tenant_id, alert_id, event, attempts, payload, lease, *rest = row
         integration = dict(zip(INTEGRATION_COLUMNS, rest, strict=True))
+        columns = JsonColumns()
+        payload = columns.read("payload_json", payload)
         destination = None
         if integration["integration_id"] is not None:
+            for name in JSON_COLUMNS:
+                integration[name] = columns.read(f"integrations.{name}", integration[name])
             kind = integration["type"]
             destination = Destination(
                 destination_id=str(integration["integration_id"]),
@@ -155,4 +174,5 @@ class DeliveryJobs(LeasedQueue):
             payload=payload,
             destination=destination,
             lease=lease,
+            unreadable=columns.unreadable,
         )

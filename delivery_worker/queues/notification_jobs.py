@@ -9,29 +9,30 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
+from delivery_worker.queues.claim_order import ClaimOrder, ClaimsInOrder, ordered_claim
+from delivery_worker.queues.json_columns import JsonColumns
 from delivery_worker.queues.status import LEASE_LOST_ERROR, LeasedQueue, clip, record_statuses
+from delivery_worker.retry import RetryPolicy
 
-# One statement claims the batch and returns each job with its channel (NULL when it was deleted).
-CLAIM = """
-WITH due AS (
-    SELECT job_id, channel_id
-    FROM notification_jobs
-    WHERE status = 'PENDING' AND next_run_at <= now()
-    ORDER BY next_run_at, job_id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
+# One statement claims the batch in claim order (queues/claim_order.py) and returns each job with
+# its channel (NULL when it was deleted). JSON comes back as text, read by json_columns.py.
+CLAIM = ordered_claim(
+    Table.NOTIFICATION_JOBS,
+    destination="channel_id",
+    chosen_columns="j.job_id, j.channel_id",
+    update="""
 UPDATE notification_jobs AS j
 SET status = 'PROCESSING',
     lease_expires_at = now() + %(lease_seconds)s * interval '1 second',
     updated_at = now()
-FROM due
-LEFT JOIN notification_channels AS c ON c.channel_id = due.channel_id
-WHERE j.job_id = due.job_id
+FROM chosen
+LEFT JOIN notification_channels AS c ON c.channel_id = chosen.channel_id
+WHERE j.job_id = chosen.job_id
 RETURNING j.job_id, j.tenant_id, j.alert_id, j.channel_id, j.deliver_on_event, j.attempts,
-          j.payload_json, j.lease_expires_at,
-          c.channel_id, c.tenant_id, c.channel_type, c.is_enabled, c.config
-"""
+          j.payload_json::text, j.lease_expires_at,
+          c.channel_id, c.tenant_id, c.channel_type, c.is_enabled, c.config::text
+""",
+)
 
 INSERT_LOG = """
 INSERT INTO notification_log (channel_id, alert_id, job_id, success, error_msg)
@@ -39,10 +40,14 @@ VALUES %s
 """
 
 
-class NotificationJobs(LeasedQueue):
+class NotificationJobs(ClaimsInOrder, LeasedQueue):
     table = Table.NOTIFICATION_JOBS
     claim_sql = CLAIM
     reap_returns = "j.channel_id"
+
+    def __init__(self, *, lease_seconds: float, policy: RetryPolicy, order: ClaimOrder | None = None) -> None:
+        super().__init__(lease_seconds=lease_seconds, policy=policy)
+        self.order = order or ClaimOrder()
 
     def record(self, cur: cursor, outcomes: Sequence[Outcome]) -> set[int]:
         written = record_statuses(cur, self.table, outcomes)
@@ -79,6 +84,8 @@ class NotificationJobs(LeasedQueue):
     def job_from_row(self, row: tuple[Any, ...]) -> Job:
         (job_id, tenant_id, alert_id, channel_id, event, attempts, payload, lease, *channel) = row
         found_id, channel_tenant, channel_type, enabled, config = channel
+        columns = JsonColumns()
+        payload = columns.read("payload_json", payload)
         destination = None
         if found_id is not None:
             destination = Destination(
@@ -86,7 +93,7 @@ class NotificationJobs(LeasedQueue):
                 tenant_id=channel_tenant,
                 channel_type=channel_type,
                 enabled=bool(enabled),
-                config=config,
+                config=columns.read("notification_channels.config", config),
             )
         return Job(
             table=Table.NOTIFICATION_JOBS,
@@ -99,4 +106,5 @@ class NotificationJobs(LeasedQueue):
             destination=destination,
             channel_id=channel_id,
             lease=lease,
+            unreadable=columns.unreadable,
         )
