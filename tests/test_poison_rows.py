@@ -4,6 +4,7 @@ FAILED with a readable error and its log row; the worker keeps delivering everyo
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -143,4 +144,4 @@ def test_an_absurd_severity_fails_at_once_with_a_clear_error(database, http_serv
     assert row == [{"status": "FAILED", "attempts": 1, "last_error": "severity 'inf' is not a finite number"}]
     assert job(database, "notification_jobs", negative)["status"] == "COMPLETED"
     (sent,) = http_server.received("/slack")
-    assert sent.body.startswith(b'{"text": "[UNKNOWN]')
+    assert json.loads(sent.body)["text"].startswith("\N{LARGE BLUE CIRCLE} UNKNOWN:")

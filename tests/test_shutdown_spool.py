@@ -80,7 +80,12 @@ def test_sigterm_during_an_outage_spools_and_the_restart_sends_nothing_twice(
     http_server.script("/hook", *[Reply(200, delay=1.5)] * 10)
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
     job_ids = [insert_notification_job(database, channel) for _ in range(10)]
-    settings = {"worker_threads": "10", "worker_state_dir": str(tmp_path), "worker_shutdown_timeout": "8"}
+    settings = {
+        "worker_threads": "10",
+        "worker_max_in_flight_per_destination": "0",  # all ten under way at once
+        "worker_state_dir": str(tmp_path),
+        "worker_shutdown_timeout": "8",
+    }
 
     worker = start_worker(through(proxy, database), **settings)
     assert wait_until(lambda: len(http_server.received("/hook")) == 10)
