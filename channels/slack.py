@@ -18,6 +18,8 @@ from typing import Any
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, require_str
 from channels.context import ChannelContext
+from channels.digest import Digest
+from channels.digest import cut as digest_cut
 from channels.http import check_url
 
 COLOURS = {"CRITICAL": "#e94560", "HIGH": "#ff9800", "MEDIUM": "#ffc107"}
@@ -108,3 +110,45 @@ class SlackChannel:
 
     def close(self) -> None:
         pass
+
+    def send_digest(self, config: SlackConfig, digest: Digest) -> Receipt:
+        body = json.dumps(build_digest_message(digest)).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.http.send(config.webhook_url, body, headers=headers, service="Slack")
+
+
+# --- storm digests (channels/digest.py) ----------------------------------------------------------
+
+
+def _digest_line(alert: Alert) -> str:
+    """One listed alert: ``*[CRITICAL] message*`` then device · type · site, escaped for mrkdwn."""
+    headline = f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}"
+    where = " · ".join((alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-"))
+    half = (SECTION_TEXT_LIMIT - 10) // 2  # escaping may lengthen the cut text up to 5 times
+    return f"*{escape(headline, half)}*\n{escape(digest_cut(where), half)}"
+
+
+def build_digest_message(digest: Digest) -> dict[str, Any]:
+    """One message for a storm: a headline, a section per listed alert, the rest counted.
+
+    At most 3 + ``[digest] max_listed`` (<= 40) blocks, within Block Kit's 50; every section's text
+    stays within its 3000 characters."""
+    top = digest.top_severity
+    colour = COLOURS.get(top, DEFAULT_COLOUR) if top else RESOLVED_COLOUR
+    headline = digest.headline()
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{escape(headline)}*"}},
+    ]
+    blocks += [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _digest_line(alert)}}
+        for alert in digest.listed
+    ]
+    if digest.unlisted:
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
+        more = f"…and {digest.unlisted_total} more open: {counts}"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(more)}})
+    if digest.acknowledged or digest.resolved:
+        closed = f"{digest.acknowledged} acknowledged · {digest.resolved} resolved"
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": closed}]})
+    fallback = escape(headline, FALLBACK_TEXT_LIMIT)
+    return {"text": fallback, "attachments": [{"color": colour, "fallback": fallback, "blocks": blocks}]}

@@ -19,6 +19,8 @@ from typing import Any
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, optional_str, require_str
 from channels.context import ChannelContext
+from channels.digest import Digest
+from channels.digest import cut as digest_cut
 from channels.errors import InvalidChannelConfig
 from channels.http import check_url
 
@@ -153,3 +155,98 @@ class TeamsChannel:
 
     def close(self) -> None:
         pass
+
+    def send_digest(self, config: TeamsConfig, digest: Digest) -> Receipt:
+        body = json.dumps(DIGEST_BUILDERS[config.format](digest)).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.http.send(config.webhook_url, body, headers=headers, service="Teams")
+
+
+# --- storm digests (channels/digest.py) ----------------------------------------------------------
+
+
+def _digest_text(text: str) -> str:
+    """Alert text in a digest: on one line and cut, rendered as the single-alert card renders it."""
+    return digest_cut(text)
+
+
+def _digest_entry(alert: Alert) -> tuple[str, str]:
+    """(``[CRITICAL] message``, ``device · type · site``) for one listed alert."""
+    title = f"[{alert.severity_label}] {_digest_text(alert.message) or 'Alert'}"
+    where = " · ".join((alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-"))
+    return title, _digest_text(where)
+
+
+def _digest_counts(digest: Digest) -> list[str]:
+    """Lines counting what the digest does not name: more open alerts, acknowledged, resolved."""
+    lines = []
+    if digest.unlisted:
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
+        lines.append(f"…and {digest.unlisted_total} more open: {counts}")
+    if digest.acknowledged or digest.resolved:
+        lines.append(f"{digest.acknowledged} acknowledged · {digest.resolved} resolved")
+    return lines
+
+
+def build_adaptive_digest(digest: Digest) -> dict[str, Any]:
+    """A Workflows webhook message carrying one Adaptive Card (1.4) that summarises a storm."""
+    top = digest.top_severity
+    style = STYLES.get(top, DEFAULT_STYLE) if top else RESOLVED_STYLE
+    body: list[dict[str, Any]] = [
+        {
+            "type": "Container",
+            "style": style,
+            "bleed": True,
+            "items": [
+                {
+                    "type": "TextBlock",
+                    "text": digest.headline(),
+                    "weight": "Bolder",
+                    "size": "Medium",
+                    "wrap": True,
+                }
+            ],
+        }
+    ]
+    for alert in digest.listed:
+        title, where = _digest_entry(alert)
+        body.append(
+            {
+                "type": "Container",
+                "separator": True,
+                "items": [
+                    {"type": "TextBlock", "text": title, "weight": "Bolder", "wrap": True},
+                    {"type": "TextBlock", "text": where, "isSubtle": True, "spacing": "None", "wrap": True},
+                ],
+            }
+        )
+    body += [{"type": "TextBlock", "text": line, "wrap": True} for line in _digest_counts(digest)]
+    card = {
+        "$schema": ADAPTIVE_CARD_SCHEMA,
+        "type": "AdaptiveCard",
+        "version": ADAPTIVE_CARD_VERSION,
+        "body": body,
+        "msteams": {"width": "Full"},
+    }
+    attachment = {"contentType": ADAPTIVE_CARD_CONTENT_TYPE, "contentUrl": None, "content": card}
+    return {"type": "message", "attachments": [attachment]}
+
+
+def build_digest_message_card(digest: Digest) -> dict[str, Any]:
+    """The legacy connector card summarising a storm: one fact per listed alert."""
+    top = digest.top_severity
+    colour = COLOURS.get(top, DEFAULT_COLOUR) if top else RESOLVED_COLOUR
+    headline = digest.headline()
+    facts = [{"name": title, "value": where} for title, where in map(_digest_entry, digest.listed)]
+    return {
+        "@type": "MessageCard",
+        "@context": "http://schema.org/extensions",
+        "themeColor": colour,
+        "summary": headline,
+        "title": headline,
+        "text": " | ".join(_digest_counts(digest)) or headline,
+        "sections": [{"facts": facts}] if facts else [],
+    }
+
+
+DIGEST_BUILDERS = {"adaptive": build_adaptive_digest, "messagecard": build_digest_message_card}

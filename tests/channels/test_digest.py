@@ -1,0 +1,150 @@
+"""Storm digests: the summary model, and the Slack and Teams messages built from it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.alert import Alert, alert_from_payload
+from channels.digest import Digest, summarise
+from channels.slack import build_digest_message
+from channels.teams import build_adaptive_digest, build_digest_message_card
+from tests.channels.test_slack import mrkdwn_texts
+from tests.support import SAMPLE_PAYLOAD
+
+
+def alert(severity: Any, *, event: str = "OPEN", n: int = 1, **values: Any) -> Alert:
+    payload = dict(SAMPLE_PAYLOAD, severity=severity, message=f"alert {n}", device_id=f"dev-{n}", **values)
+    return alert_from_payload(payload, tenant_id="tenant-a", alert_id=n, event=event)
+
+
+def storm(counts: dict[Any, int], **kwargs: Any) -> list[Alert]:
+    alerts: list[Alert] = []
+    for severity, count in counts.items():
+        for _ in range(count):
+            alerts.append(alert(severity, n=len(alerts) + 1, **kwargs))
+    return alerts
+
+
+def digest_of(alerts: list[Alert], max_listed: int = 10) -> Digest:
+    return summarise(alerts, key="notification_jobs:1+9", tenant_id="tenant-a", max_listed=max_listed)
+
+
+def test_most_severe_open_alerts_are_listed_first_and_the_rest_counted_by_severity():
+    alerts = storm({1: 30, 5: 1, 3: 2, None: 2, "critical": 2, 2: 23})
+
+    digest = digest_of(alerts)
+
+    assert digest.total == 60
+    assert [a.severity for a in digest.listed] == [5, 4, 4, 3, 3, 2, 2, 2, 2, 2]
+    assert digest.listed[0].message == "alert 31"
+    assert digest.unlisted == (("MEDIUM", 18), ("LOW", 30), ("UNKNOWN", 2))
+    assert digest.open_counts == (("CRITICAL", 3), ("HIGH", 2), ("MEDIUM", 23), ("LOW", 30), ("UNKNOWN", 2))
+    assert digest.headline() == "60 alerts: 3 critical, 2 high, 23 medium, 30 low, 2 unknown"
+
+
+def test_equal_severity_keeps_the_oldest_first():
+    alerts = storm({2: 5})
+    assert [a.alert_id for a in digest_of(alerts, max_listed=3).listed] == ["1", "2", "3"]
+
+
+def test_acknowledged_and_resolved_events_are_counted_apart_never_listed():
+    alerts = [alert(5, n=1, event="CLOSED"), alert(4, n=2, event="ACKNOWLEDGED"), alert(1, n=3)]
+    alerts += [alert(1, n=4, event="CLOSED")]
+
+    digest = digest_of(alerts)
+
+    assert [a.alert_id for a in digest.listed] == ["3"]
+    assert (digest.acknowledged, digest.resolved) == (1, 2)
+    assert digest.open_counts == (("LOW", 1),)
+    assert digest.headline() == "4 alerts: 1 low, 1 acknowledged, 2 resolved"
+
+
+def test_a_digest_of_only_resolved_events_has_no_top_severity():
+    digest = digest_of([alert(5, n=1, event="CLOSED"), alert(3, n=2, event="CLOSED")])
+    assert digest.top_severity is None and digest.listed == ()
+    assert digest.headline() == "2 alerts: 2 resolved"
+
+
+def blocks_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    (attachment,) = message["attachments"]
+    blocks: list[dict[str, Any]] = attachment["blocks"]
+    return blocks
+
+
+def test_slack_digest_names_the_listed_alerts_and_counts_the_rest():
+    digest = digest_of(storm({5: 1, 1: 59}))
+
+    message = build_digest_message(digest)
+
+    assert message["text"] == "60 alerts: 1 critical, 59 low"
+    assert message["attachments"][0]["color"] == "#e94560"
+    texts = [b["text"]["text"] for b in blocks_of(message) if b["type"] == "section"]
+    assert texts[0] == "*60 alerts: 1 critical, 59 low*"
+    assert texts[1] == "*[CRITICAL] alert 1*\ndev-1 · THRESHOLD · plant-3"
+    assert len(texts) == 1 + 10 + 1
+    assert texts[-1] == "…and 50 more open: 50 low"
+
+
+def test_slack_digest_escapes_alert_values_and_fits_block_kit_limits():
+    hostile = "<!channel> & <https://evil.test|click> " + "x" * 5000
+    alerts = [
+        alert_from_payload(
+            dict(SAMPLE_PAYLOAD, message=hostile, device_id="<dev>&" * 800, severity=4),
+            tenant_id="t",
+            alert_id=i,
+            event="OPEN",
+        )
+        for i in range(50)
+    ]
+
+    message = build_digest_message(digest_of(alerts, max_listed=40))
+
+    blocks = blocks_of(message)
+    assert len(blocks) <= 50
+    for text in mrkdwn_texts(message):
+        assert len(text) <= 3000
+        literal = text.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
+        assert "<" not in literal and ">" not in literal and "&" not in literal
+
+
+def test_slack_digest_of_resolved_events_is_green_with_a_context_line():
+    message = build_digest_message(
+        digest_of([alert(5, n=1, event="CLOSED"), alert(2, n=2, event="ACKNOWLEDGED")])
+    )
+    assert message["attachments"][0]["color"] == "#2eb67d"
+    (context,) = [b for b in blocks_of(message) if b["type"] == "context"]
+    assert context["elements"][0]["text"] == "1 acknowledged · 1 resolved"
+
+
+def test_teams_adaptive_digest_is_a_1_4_card_with_one_container_per_listed_alert():
+    digest = digest_of(storm({5: 1, 3: 2, 1: 20}), max_listed=3)
+
+    message = build_adaptive_digest(digest)
+
+    (attachment,) = message["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
+    headline, *entries, more = card["body"]
+    assert headline["style"] == "attention"
+    assert headline["items"][0]["text"] == "23 alerts: 1 critical, 2 high, 20 low"
+    assert [e["items"][0]["text"] for e in entries] == [
+        "[CRITICAL] alert 1",
+        "[HIGH] alert 2",
+        "[HIGH] alert 3",
+    ]
+    assert entries[0]["items"][1]["text"] == "dev-1 · THRESHOLD · plant-3"
+    assert more == {"type": "TextBlock", "text": "…and 20 more open: 20 low", "wrap": True}
+    json.dumps(message)  # serialisable as sent
+
+
+def test_teams_message_card_digest_lists_alerts_as_facts():
+    digest = digest_of([*storm({4: 2}), alert(1, n=9, event="CLOSED")])
+
+    card = build_digest_message_card(digest)
+
+    assert card["@type"] == "MessageCard" and card["themeColor"] == "e94560"
+    assert card["title"] == "3 alerts: 2 critical, 1 resolved"
+    assert [f["name"] for f in card["sections"][0]["facts"]] == ["[CRITICAL] alert 1", "[CRITICAL] alert 2"]
+    assert card["text"] == "0 acknowledged · 1 resolved"
