@@ -23,6 +23,7 @@ from channels.errors import TransientError
 from delivery_worker.config import Settings
 from delivery_worker.db import Connection, DatabaseRejected, DatabaseUnavailable, connect, transaction
 from delivery_worker.delivery import Deliverer
+from delivery_worker.digest import DigestPlanner, Task
 from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
 from delivery_worker.observer import Observers, PollObserver
@@ -40,6 +41,7 @@ class Running:
     started_at: datetime
     submitted_at: float  # monotonic
     warned: bool = False
+    task: str = ""  # the first job's key: the jobs of one digest share one thread
 
 
 RECONNECT_MAX_SECONDS = 15.0
@@ -70,6 +72,7 @@ class Poller:
         self.outage_since: float | None = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
         self.cycle = 0
+        self.digests = DigestPlanner(settings, deliverer.registry, self.queues)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -89,8 +92,8 @@ class Poller:
                 self.wake.clear()
                 self._collect_finished()
                 claimed = self._record_and_claim()
-                for job in claimed:
-                    self._submit(pool, job)
+                for task in claimed:
+                    self._submit(pool, task)
                 self._warn_overdue()
                 self.observer.poll_ticked(
                     database_ok=self.outage_since is None, in_flight=len(self.in_flight)
@@ -143,10 +146,10 @@ class Poller:
                 running.warned = True
                 log.warning("job.overdue", job=key, running_s=round(now - running.submitted_at, 1))
 
-    def _should_poll_again_now(self, claimed: list[Job]) -> bool:
+    def _should_poll_again_now(self, claimed: list[Task]) -> bool:
         """A full claim means more may be waiting; claim again at once if threads are free."""
-        full = len(claimed) >= self.settings.worker.batch_size
-        return bool(claimed) and full and len(self.in_flight) < self.threads
+        full = sum(len(task) for task in claimed) >= self.settings.worker.batch_size
+        return bool(claimed) and full and self._threads_busy() < self.threads
 
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
@@ -159,14 +162,20 @@ class Poller:
 
     # --- executing -------------------------------------------------------------------------------
 
-    def _submit(self, pool: ThreadPoolExecutor, job: Job) -> None:
-        future = pool.submit(self.deliverer.run, job)
-        self.in_flight[job.key] = Running(job, datetime.now(UTC), time.monotonic())
+    def _submit(self, pool: ThreadPoolExecutor, task: Task) -> None:
+        future = pool.submit(self.deliverer.run_task, task)
+        for job in task:
+            self.in_flight[job.key] = Running(job, datetime.now(UTC), time.monotonic(), task=task[0].key)
         future.add_done_callback(self._on_done)
 
-    def _on_done(self, future: Future[Outcome]) -> None:
-        self.finished.put(future.result())
+    def _on_done(self, future: Future[list[Outcome]]) -> None:
+        for outcome in future.result():
+            self.finished.put(outcome)
         self.wake.set()
+
+    def _threads_busy(self) -> int:
+        """Tasks running: a digest's jobs all run on one thread."""
+        return len({running.task for running in self.in_flight.values()})
 
     def _collect_finished(self) -> None:
         while True:
@@ -179,7 +188,7 @@ class Poller:
 
     # --- database --------------------------------------------------------------------------------
 
-    def _record_and_claim(self, *, claim: bool = True) -> list[Job]:
+    def _record_and_claim(self, *, claim: bool = True) -> list[Task]:
         """One transaction per cycle: write finished outcomes, take back expired leases, and
         (unless stopping) claim up to the free capacity. The outcomes stay in memory until it
         commits."""
@@ -187,14 +196,14 @@ class Poller:
             return []
         assert self.conn is not None
         outcomes = list(self.unrecorded)
-        claimed: list[Job] = []
+        claimed: list[Task] = []
         try:
             with transaction(self.conn) as cur:
                 self._write(cur, outcomes)
                 self._reap_expired_leases(cur)
-                free = self.threads - len(self.in_flight)
+                free = self.threads - self._threads_busy()
                 if claim and free > 0 and not self.stopping.is_set():
-                    claimed = self._claim(cur, free)
+                    claimed = self.digests.plan(cur, self._claim(cur, free))
         except DatabaseRejected as exc:
             if not outcomes:
                 self._lost_connection(str(exc))
@@ -206,7 +215,7 @@ class Poller:
             return []
         self._recorded(outcomes)
         if claimed:
-            self.observer.jobs_claimed(claimed)
+            self.observer.jobs_claimed([job for task in claimed for job in task])
         return claimed
 
     def _write(self, cur: cursor, outcomes: list[Outcome]) -> None:
