@@ -32,6 +32,8 @@ import structlog
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, optional_str, require_str
 from channels.context import ChannelContext
+from channels.digest import Digest
+from channels.digest import cut as digest_cut
 from channels.errors import DeliveryError, InvalidChannelConfig, PermanentError, TransientError
 from channels.netguard import check_host
 from channels.templating import render
@@ -544,7 +546,12 @@ class EmailChannel:
         return parse_email_config(raw)
 
     def send(self, config: EmailConfig, delivery: Delivery) -> Receipt:
-        message = build_message(config, delivery)
+        return self._transmit(config, build_message(config, delivery))
+
+    def send_digest(self, config: EmailConfig, digest: Digest) -> Receipt:
+        return self._transmit(config, build_digest_message(config, digest))
+
+    def _transmit(self, config: EmailConfig, message: EmailMessage) -> Receipt:
         recipients = config.envelope_recipients
         context = self.tls_context if config.tls_verify else self.unverified_tls_context
         mode = transport(config)
@@ -612,3 +619,88 @@ class EmailChannel:
 
     def close(self) -> None:
         pass
+
+
+# --- storm digests (channels/digest.py) ----------------------------------------------------------
+
+DIGEST_SUBJECT_PREFIX = "[PULSE]"
+
+
+def digest_subject(digest: Digest) -> str:
+    """``[PULSE] 60 alerts: 3 critical, 57 low``: counts only, so no alert value reaches the header."""
+    return f"{DIGEST_SUBJECT_PREFIX} {digest.headline()}"
+
+
+def _digest_rows(digest: Digest) -> list[tuple[str, str, str]]:
+    """(``[CRITICAL] message``, ``device · type · site``, time) per listed alert, each on one line."""
+    return [
+        (
+            f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}",
+            digest_cut(
+                " · ".join(
+                    (alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-")
+                )
+            ),
+            digest_cut(alert.triggered_at) or "-",
+        )
+        for alert in digest.listed
+    ]
+
+
+def _digest_counts(digest: Digest) -> list[str]:
+    lines = []
+    if digest.unlisted:
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
+        lines.append(f"…and {digest.unlisted_total} more open: {counts}")
+    if digest.acknowledged or digest.resolved:
+        lines.append(f"{digest.acknowledged} acknowledged · {digest.resolved} resolved")
+    return lines
+
+
+def digest_text_body(digest: Digest) -> str:
+    lines = [digest.headline(), ""]
+    for title, where, when in _digest_rows(digest):
+        lines += [title, f"    {where} · {when}"]
+    counts = _digest_counts(digest)
+    return "\n".join([*lines, *([""] if counts else []), *counts]) + "\n"
+
+
+def digest_html_body(digest: Digest) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(title)}</td><td>{html.escape(where)}</td><td>{html.escape(when)}</td></tr>"
+        for title, where, when in _digest_rows(digest)
+    )
+    counts = "".join(f"<p>{html.escape(line)}</p>" for line in _digest_counts(digest))
+    title = html.escape(digest.headline())
+    return f"<html><body><h2>{title}</h2><table>{rows}</table>{counts}</body></html>\n"
+
+
+def _digest_message_id(config: EmailConfig, digest: Digest) -> str:
+    """Stable for the jobs a digest covers (its key), under the same domain rule as ``_message_id``."""
+    seed = hashlib.sha256(f"digest|{digest.key}|{digest.tenant_id}".encode()).hexdigest()[:32]
+    domain = config.envelope_sender.rpartition("@")[2]
+    if not domain.isascii() or not all(ch.isalnum() or ch in ".-" for ch in domain):
+        domain = "delivery-worker.invalid"
+    return f"<{seed}@{domain}>"
+
+
+def build_digest_message(config: EmailConfig, digest: Digest) -> EmailMessage:
+    """One email summarising a storm; the channel's per-alert templates do not apply to it."""
+    message = EmailMessage(policy=SMTP_POLICY)
+    if config.from_name:
+        message["From"] = formataddr((config.from_name, config.envelope_sender))
+    else:
+        message["From"] = config.from_address
+    if config.to:
+        message["To"] = ", ".join(config.to)
+    if config.cc:
+        message["Cc"] = ", ".join(config.cc)
+    message["Subject"] = digest_subject(digest)
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = _digest_message_id(config, digest)
+    message["Auto-Submitted"] = "auto-generated"
+    message[DELIVERY_KEY_HEADER] = digest.key
+    message.set_content(digest_text_body(digest))
+    if config.format == "html":
+        message.add_alternative(digest_html_body(digest), subtype="html")
+    return message

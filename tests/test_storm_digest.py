@@ -14,8 +14,18 @@ import subprocess
 from typing import Any
 
 from tests.processes import start_worker, wait_until
-from tests.rows import execute, insert_channel, insert_notification_job, log_rows
+from tests.rows import (
+    attempt_rows,
+    execute,
+    insert_channel,
+    insert_delivery_job,
+    insert_integration,
+    insert_notification_job,
+    integration_payload,
+    log_rows,
+)
 from tests.servers.http import RecordingServer, Reply
+from tests.servers.smtp import smtp_server
 from tests.support import SAMPLE_PAYLOAD
 
 SLACK_PATH = "/services/T0/B0/storm"
@@ -180,3 +190,66 @@ def test_a_storm_of_one_tenant_never_delays_or_absorbs_another_tenants_alert(dat
     assert slack_texts(http_server, "/quiet") == ["[CRITICAL] Temperature 92.5C above 85C"]
     assert all("Temperature" not in text for text in slack_texts(http_server))
     assert [row["success"] for row in log_rows(database, vip)] == [True]
+
+
+def test_email_integration_storm_is_one_digest_email_when_email_is_rate_limited(database):
+    with smtp_server() as server:
+        integration = insert_integration(
+            database,
+            "email",
+            email_config={
+                "host": "127.0.0.1",
+                "port": server.port,
+                "use_tls": False,
+                "from_address": "a@pulse.test",
+            },
+            email_recipients={"to": ["ops@acme.test"]},
+            email_template={"format": "html"},
+        )
+        jobs = [insert_delivery_job(database, integration) for _ in range(8)]
+        critical = dict(integration_payload(1), severity=5, summary="Cooling failed <b>now</b>")
+        jobs.append(insert_delivery_job(database, integration, critical))
+        worker = start_worker(database, rate_limits_email="0.2")
+        try:
+            assert wait_until(
+                lambda: (
+                    {r["status"] for r in execute(database, "SELECT status FROM delivery_jobs")}
+                    == {"COMPLETED"}
+                )
+            )
+        finally:
+            stop(worker)
+        (received,) = server.messages
+
+    message = received.message()
+    assert message["Subject"] == "[PULSE] 9 alerts: 1 critical, 8 high"
+    plain = message.get_body(("plain",)).get_content()
+    assert plain.splitlines()[2] == "[CRITICAL] Cooling failed <b>now</b>"
+    assert "Cooling failed &lt;b&gt;now&lt;/b&gt;" in message.get_body(("html",)).get_content()
+    for job_id in jobs:
+        assert [a["ok"] for a in attempt_rows(database, job_id)] == [True]
+
+
+def test_email_integrations_without_a_rate_limit_send_one_email_per_alert(database):
+    with smtp_server() as server:
+        integration = insert_integration(
+            database,
+            "email",
+            email_config={
+                "host": "127.0.0.1",
+                "port": server.port,
+                "use_tls": False,
+                "from_address": "a@pulse.test",
+            },
+            email_recipients={"to": ["ops@acme.test"]},
+        )
+        for _ in range(3):
+            insert_delivery_job(database, integration)
+        worker = start_worker(database)  # [rate_limits] email = 0: no digests
+        try:
+            assert wait_until(lambda: len(server.messages) == 3)
+        finally:
+            stop(worker)
+        subjects = [received.message()["Subject"] for received in server.messages]
+
+    assert subjects == ["[HIGH] OFFLINE on sensor-9"] * 3
