@@ -190,17 +190,36 @@ class Deliverer:
         unreachable: each job gets its own verdict from the retry policy (its own attempts count).
         A job that cannot be part of the message (its payload unreadable, or the whole group when
         the channel config does not parse) is run alone, so it fails exactly as it always has."""
+        try:
+            plan = self._plan_digest(jobs)
+        except Exception:  # the job boundary: a bug here must not lose the jobs; each runs alone
+            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            plan = None
+        if plan is None:
+            return [self.run(job) for job in jobs]
+        channel, config, digest, covered, alone = plan
+        outcomes = [self.run(job) for job in alone]
+        if len(covered) < 2:
+            return outcomes + [self.run(job) for job in covered]
+        secrets = secret_values(covered[0].destination.config if covered[0].destination else None)
+        secrets.update(config.secrets())
+        return outcomes + self._send_digest(channel, config, digest, covered, secrets)
+
+    def _plan_digest(
+        self, jobs: Sequence[Job]
+    ) -> tuple[DigestChannel, ChannelConfig, Digest, list[Job], list[Job]] | None:
+        """(channel, config, digest, covered jobs, jobs to run alone), or None to run every job alone."""
         lead = jobs[0]
         destination = lead.destination
         if self.stopping.is_set() or destination is None:
-            return [self.run(job) for job in jobs]
+            return None
         try:
             channel = self.registry.get(destination.channel_type)
             config = channel.parse_config(destination.config)
         except DeliveryError:
-            return [self.run(job) for job in jobs]
+            return None  # each job then fails with the config's own error
         if not isinstance(channel, DigestChannel):
-            return [self.run(job) for job in jobs]
+            return None
         covered: list[Job] = []
         alerts = []
         alone: list[Job] = []
@@ -216,13 +235,9 @@ class Deliverer:
             alerts.append(
                 alert_from_payload(payload, tenant_id=job.tenant_id, alert_id=job.alert_id, event=job.event)
             )
-        outcomes = [self.run(job) for job in alone]
-        if len(covered) < 2:
-            return outcomes + [self.run(job) for job in covered]
-        key = f"{lead.table}:{covered[0].job_id}+{len(covered) - 1}"
+        key = f"{lead.table}:{covered[0].job_id}+{len(covered) - 1}" if covered else lead.key
         digest = summarise(alerts, key=key, tenant_id=lead.tenant_id, max_listed=self.max_listed)
-        secrets = secret_values(destination.config) | set(config.secrets())
-        return outcomes + self._send_digest(channel, config, digest, covered, secrets)
+        return channel, config, digest, covered, alone
 
     def _send_digest(
         self,
