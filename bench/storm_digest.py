@@ -11,11 +11,12 @@ and one second per alert (``--without-digests`` shows it for the smallest size).
     .venv/bin/python -m bench.storm_digest              # 60 and 1,000 alerts
     .venv/bin/python -m bench.storm_digest --quick      # 60 alerts
 
-``run()`` is what bench/storm.py calls.
+``run()`` (or ``storm_scenario`` as a bench/storm.py ``Scenario``) is what bench/storm.py calls.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -176,6 +177,11 @@ def run(sizes: Sequence[int] = (60, 1000), *, without_digests: bool = False) -> 
         title=f"storm digests: [rate_limits] slack = 1/s, queued over 2 s; {machine()}",
     )
     return results
+
+
+def storm_scenario(args: argparse.Namespace) -> None:
+    """For bench/storm.py: ``Scenario("digest", "a storm to one Slack webhook", storm_scenario)``."""
+    run([60] if args.quick else [60, 1000])
 
 
 def main() -> None:
