@@ -120,35 +120,40 @@ class SlackChannel:
 # --- storm digests (channels/digest.py) ----------------------------------------------------------
 
 
+DIGEST_HEADER_LIMIT = 150  # Block Kit: a header's text
+
+
+def _digest_text(text: str, limit: int) -> dict[str, str]:
+    """A ``plain_text`` object: Slack shows it literally (no mrkdwn, mentions or links from alerts)."""
+    return {"type": "plain_text", "text": text if len(text) <= limit else text[: limit - 1] + "…"}
+
+
 def _digest_line(alert: Alert) -> str:
-    """One listed alert: ``*[CRITICAL] message*`` then device · type · site, escaped for mrkdwn."""
-    headline = f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}"
+    """One listed alert: ``[CRITICAL] message`` over ``device · type · site``, each on one line."""
     where = " · ".join((alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-"))
-    half = (SECTION_TEXT_LIMIT - 10) // 2  # escaping may lengthen the cut text up to 5 times
-    return f"*{escape(headline, half)}*\n{escape(digest_cut(where), half)}"
+    return f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}\n{digest_cut(where)}"
 
 
 def build_digest_message(digest: Digest) -> dict[str, Any]:
-    """One message for a storm: a headline, a section per listed alert, the rest counted.
+    """One message for a storm: a header with the counts, a section per listed alert, the rest counted.
 
-    At most 3 + ``[digest] max_listed`` (<= 40) blocks, within Block Kit's 50; every section's text
-    stays within its 3000 characters."""
+    At most 3 + ``[digest] max_listed`` (<= 40) blocks, within Block Kit's 50. Alert values only go
+    into ``plain_text`` objects, each far below a section's 3000 characters; the fallback ``text``
+    holds counts only."""
     top = digest.top_severity
     colour = COLOURS.get(top, DEFAULT_COLOUR) if top else RESOLVED_COLOUR
     headline = digest.headline()
-    blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{escape(headline)}*"}},
-    ]
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": _digest_text(headline, DIGEST_HEADER_LIMIT)}]
     blocks += [
-        {"type": "section", "text": {"type": "mrkdwn", "text": _digest_line(alert)}}
+        {"type": "section", "text": _digest_text(_digest_line(alert), SECTION_TEXT_LIMIT)}
         for alert in digest.listed
     ]
     if digest.unlisted:
         counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
         more = f"…and {digest.unlisted_total} more open: {counts}"
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(more)}})
+        blocks.append({"type": "section", "text": _digest_text(more, SECTION_TEXT_LIMIT)})
     if digest.acknowledged or digest.resolved:
         closed = f"{digest.acknowledged} acknowledged · {digest.resolved} resolved"
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": closed}]})
+        blocks.append({"type": "context", "elements": [_digest_text(closed, CONTEXT_TEXT_LIMIT)]})
     fallback = escape(headline, FALLBACK_TEXT_LIMIT)
     return {"text": fallback, "attachments": [{"color": colour, "fallback": fallback, "blocks": blocks}]}

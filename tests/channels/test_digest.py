@@ -79,15 +79,19 @@ def test_slack_digest_names_the_listed_alerts_and_counts_the_rest():
 
     assert message["text"] == "60 alerts: 1 critical, 59 low"
     assert message["attachments"][0]["color"] == "#e94560"
-    texts = [b["text"]["text"] for b in blocks_of(message) if b["type"] == "section"]
-    assert texts[0] == "*60 alerts: 1 critical, 59 low*"
-    assert texts[1] == "*[CRITICAL] alert 1*\ndev-1 · THRESHOLD · plant-3"
-    assert len(texts) == 1 + 10 + 1
+    header, *sections = blocks_of(message)
+    assert header == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": "60 alerts: 1 critical, 59 low"},
+    }
+    texts = [b["text"]["text"] for b in sections]
+    assert texts[0] == "[CRITICAL] alert 1\ndev-1 · THRESHOLD · plant-3"
+    assert len(texts) == 10 + 1
     assert texts[-1] == "…and 50 more open: 50 low"
 
 
-def test_slack_digest_escapes_alert_values_and_fits_block_kit_limits():
-    hostile = "<!channel> & <https://evil.test|click> " + "x" * 5000
+def test_slack_digest_shows_alert_values_literally_and_fits_block_kit_limits():
+    hostile = "<!channel> & <https://evil.test|click> *bold*\n\tsecond line " + "x" * 5000
     alerts = [
         alert_from_payload(
             dict(SAMPLE_PAYLOAD, message=hostile, device_id="<dev>&" * 800, severity=4),
@@ -102,19 +106,23 @@ def test_slack_digest_escapes_alert_values_and_fits_block_kit_limits():
 
     blocks = blocks_of(message)
     assert len(blocks) <= 50
-    for text in mrkdwn_texts(message):
-        assert len(text) <= 3000
-        literal = text.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
-        assert "<" not in literal and ">" not in literal and "&" not in literal
+    assert mrkdwn_texts(message) == [message["text"]]  # only the fallback is parsed, and it holds counts
+    assert blocks[0]["type"] == "header" and len(blocks[0]["text"]["text"]) <= 150
+    assert blocks[-1]["text"]["text"] == "…and 10 more open: 10 critical"
+    for block in blocks[1:-1]:
+        text = block["text"]
+        assert text["type"] == "plain_text" and len(text["text"]) <= 3000
+        title, where = text["text"].split("\n")
+        assert title.startswith("[CRITICAL] <!channel> & <https://evil.test|click> *bold* second line")
+        assert len(title) <= 320 and len(where) <= 300
 
 
 def test_slack_digest_of_resolved_events_is_green_with_a_context_line():
-    message = build_digest_message(
-        digest_of([alert(5, n=1, event="CLOSED"), alert(2, n=2, event="ACKNOWLEDGED")])
-    )
+    events = [alert(5, n=1, event="CLOSED"), alert(2, n=2, event="ACKNOWLEDGED")]
+    message = build_digest_message(digest_of(events))
     assert message["attachments"][0]["color"] == "#2eb67d"
     (context,) = [b for b in blocks_of(message) if b["type"] == "context"]
-    assert context["elements"][0]["text"] == "1 acknowledged · 1 resolved"
+    assert context["elements"] == [{"type": "plain_text", "text": "1 acknowledged · 1 resolved"}]
 
 
 def test_teams_adaptive_digest_is_a_1_4_card_with_one_container_per_listed_alert():
