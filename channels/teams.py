@@ -165,16 +165,17 @@ class TeamsChannel:
 # --- storm digests (channels/digest.py) ----------------------------------------------------------
 
 
-def _digest_text(text: str) -> str:
-    """Alert text in a digest: on one line and cut, rendered as the single-alert card renders it."""
-    return digest_cut(text)
+def _digest_run(text: str, **style: Any) -> dict[str, Any]:
+    """A RichTextBlock of one TextRun: Teams never reads a TextRun as Markdown, so alert text in a
+    digest cannot become a link or formatting."""
+    return {"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": text, **style}]}
 
 
 def _digest_entry(alert: Alert) -> tuple[str, str]:
     """(``[CRITICAL] message``, ``device · type · site``) for one listed alert."""
-    title = f"[{alert.severity_label}] {_digest_text(alert.message) or 'Alert'}"
+    title = f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}"
     where = " · ".join((alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-"))
-    return title, _digest_text(where)
+    return title, digest_cut(where)
 
 
 def _digest_counts(digest: Digest) -> list[str]:
@@ -215,8 +216,8 @@ def build_adaptive_digest(digest: Digest) -> dict[str, Any]:
                 "type": "Container",
                 "separator": True,
                 "items": [
-                    {"type": "TextBlock", "text": title, "weight": "Bolder", "wrap": True},
-                    {"type": "TextBlock", "text": where, "isSubtle": True, "spacing": "None", "wrap": True},
+                    _digest_run(title, weight="Bolder"),
+                    {**_digest_run(where, isSubtle=True), "spacing": "None"},
                 ],
             }
         )
@@ -233,7 +234,7 @@ def build_adaptive_digest(digest: Digest) -> dict[str, Any]:
 
 
 def build_digest_message_card(digest: Digest) -> dict[str, Any]:
-    """The legacy connector card summarising a storm: one fact per listed alert."""
+    """The legacy connector card summarising a storm: one fact per listed alert, Markdown off."""
     top = digest.top_severity
     colour = COLOURS.get(top, DEFAULT_COLOUR) if top else RESOLVED_COLOUR
     headline = digest.headline()
@@ -245,7 +246,7 @@ def build_digest_message_card(digest: Digest) -> dict[str, Any]:
         "summary": headline,
         "title": headline,
         "text": " | ".join(_digest_counts(digest)) or headline,
-        "sections": [{"facts": facts}] if facts else [],
+        "sections": [{"markdown": False, "facts": facts}] if facts else [],
     }
 
 

@@ -14,7 +14,13 @@ from tests.support import SAMPLE_PAYLOAD
 
 
 def alert(severity: Any, *, event: str = "OPEN", n: int = 1, **values: Any) -> Alert:
-    payload = dict(SAMPLE_PAYLOAD, severity=severity, message=f"alert {n}", device_id=f"dev-{n}", **values)
+    payload = {
+        **SAMPLE_PAYLOAD,
+        "severity": severity,
+        "message": f"alert {n}",
+        "device_id": f"dev-{n}",
+        **values,
+    }
     return alert_from_payload(payload, tenant_id="tenant-a", alert_id=n, event=event)
 
 
@@ -137,14 +143,37 @@ def test_teams_adaptive_digest_is_a_1_4_card_with_one_container_per_listed_alert
     headline, *entries, more = card["body"]
     assert headline["style"] == "attention"
     assert headline["items"][0]["text"] == "23 alerts: 1 critical, 2 high, 20 low"
-    assert [e["items"][0]["text"] for e in entries] == [
-        "[CRITICAL] alert 1",
-        "[HIGH] alert 2",
-        "[HIGH] alert 3",
-    ]
-    assert entries[0]["items"][1]["text"] == "dev-1 · THRESHOLD · plant-3"
+    runs = [[item["inlines"][0] for item in entry["items"]] for entry in entries]
+    assert [title["text"] for title, _ in runs] == ["[CRITICAL] alert 1", "[HIGH] alert 2", "[HIGH] alert 3"]
+    assert runs[0][0] == {"type": "TextRun", "text": "[CRITICAL] alert 1", "weight": "Bolder"}
+    assert runs[0][1] == {"type": "TextRun", "text": "dev-1 · THRESHOLD · plant-3", "isSubtle": True}
+    assert {item["type"] for entry in entries for item in entry["items"]} == {"RichTextBlock"}
     assert more == {"type": "TextBlock", "text": "…and 20 more open: 20 low", "wrap": True}
     json.dumps(message)  # serialisable as sent
+
+
+def test_teams_digest_never_puts_alert_text_where_markdown_is_read():
+    hostile = alert(4, n=1, message="[click](https://evil.test) **now**")
+    card = build_adaptive_digest(digest_of([hostile, alert(1, n=2)]))["attachments"][0]["content"]
+
+    text_blocks = [b["text"] for b in json_walk(card) if b.get("type") == "TextBlock"]
+    assert all("evil" not in text for text in text_blocks)  # TextBlocks (Markdown) hold counts only
+    runs = [b["text"] for b in json_walk(card) if b.get("type") == "TextRun"]
+    assert "[CRITICAL] [click](https://evil.test) **now**" in runs
+    legacy = build_digest_message_card(digest_of([hostile, alert(1, n=2)]))
+    assert legacy["sections"][0]["markdown"] is False
+
+
+def json_walk(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        found.append(node)
+        for value in node.values():
+            found += json_walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += json_walk(item)
+    return found
 
 
 def test_teams_message_card_digest_lists_alerts_as_facts():
