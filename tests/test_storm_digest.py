@@ -253,3 +253,20 @@ def test_email_integrations_without_a_rate_limit_send_one_email_per_alert(databa
         subjects = [received.message()["Subject"] for received in server.messages]
 
     assert subjects == ["[HIGH] OFFLINE on sensor-9"] * 3
+
+
+def test_teams_storm_is_one_adaptive_card(database, http_server):
+    channel = insert_channel(database, "teams", {"webhook_url": http_server.url("/teams")})
+    for n in range(9):
+        insert_notification_job(database, channel, low_alert(n))
+    insert_notification_job(database, channel, event="CLOSED")
+    worker = start_worker(database)  # [rate_limits] teams = 4: more than 4 waiting is a digest
+    try:
+        assert wait_until(lambda: statuses(database) == {"COMPLETED": 10})
+    finally:
+        stop(worker)
+
+    (post,) = http_server.received("/teams")
+    card = json.loads(post.body)["attachments"][0]["content"]
+    assert card["type"] == "AdaptiveCard"
+    assert card["body"][0]["items"][0]["text"] == "10 alerts: 9 low, 1 resolved"
