@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bench import storm_digest
 from bench.common import (
     PAYLOAD_SQL,
     Sink,
@@ -274,6 +275,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("tenant", "another tenant's job during a 40 ms flood", tenant_flood),
     Scenario("severity", "a severity-5 job behind a severity-1 flood on one channel", severity_flood),
     Scenario("order", "each alert's events in order with retries and two workers", event_order),
+    Scenario("digest", "a storm to one Slack webhook, summarised", storm_digest.storm_scenario),
 ]
 
 

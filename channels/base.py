@@ -39,6 +39,15 @@ class Delivery:
         return min(limit, left)
 
 
+class AttemptClock(Protocol):
+    """What bounds one attempt's waits: a Delivery, or a storm digest."""
+
+    @property
+    def deadline(self) -> float | None: ...
+
+    def time_left(self, limit: float) -> float: ...
+
+
 @dataclass(frozen=True)
 class Receipt:
     """What the destination answered on success."""

@@ -35,7 +35,7 @@ import ssl
 import threading
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.errors import HeaderDefect, MessageError
 from email.message import EmailMessage
@@ -47,9 +47,11 @@ from typing import Any
 import structlog
 
 from channels.alert import Alert
-from channels.base import Delivery, Receipt, config_object, optional_str, require_str
+from channels.base import AttemptClock, Delivery, Receipt, config_object, optional_str, require_str
 from channels.context import ChannelContext
 from channels.deadline import closing_at
+from channels.digest import Digest
+from channels.digest import cut as digest_cut
 from channels.errors import (
     DeadlineExceeded,
     DeliveryError,
@@ -443,9 +445,8 @@ def html_to_text(markup: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-def _message_id(config: EmailConfig, delivery: Delivery) -> str:
-    """Stable per job, so a retried message is recognisably the same message to receivers."""
-    seed = f"{delivery.key}|{delivery.tenant_id}|{delivery.alert.alert_id}|{delivery.alert.event}"
+def _message_id(config: EmailConfig, seed: str) -> str:
+    """Stable per job (or per digest), so a retried message is recognisably the same to receivers."""
     digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     domain = config.envelope_sender.rpartition("@")[2]
     if not domain.isascii() or not all(ch.isalnum() or ch in ".-" for ch in domain):
@@ -604,6 +605,94 @@ def build_message(config: EmailConfig, delivery: Delivery, *, eight_bit: bool = 
     else:
         text_body = default_text_body(alert)
 
+    seed = f"{delivery.key}|{delivery.tenant_id}|{delivery.alert.alert_id}|{delivery.alert.event}"
+    return _assemble(
+        config,
+        subject=subject,
+        message_id=_message_id(config, seed),
+        key=delivery.key,
+        text_body=text_body,
+        html_body=html_body,
+        eight_bit=eight_bit,
+    )
+
+
+DIGEST_SUBJECT_PREFIX = "[PULSE]"
+
+
+def digest_subject(digest: Digest) -> str:
+    """``[PULSE] 60 alerts: 3 critical, 57 low``: counts only, so no alert value reaches the header."""
+    return f"{DIGEST_SUBJECT_PREFIX} {digest.headline()}"
+
+
+def _digest_rows(digest: Digest) -> list[tuple[str, str, str]]:
+    """(``[CRITICAL] message``, ``device · type · site``, time) per listed alert, each on one line."""
+    return [
+        (
+            f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}",
+            digest_cut(
+                " · ".join(
+                    (alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-")
+                )
+            ),
+            digest_cut(alert.triggered_at) or "-",
+        )
+        for alert in digest.listed
+    ]
+
+
+def _digest_counts(digest: Digest) -> list[str]:
+    lines = []
+    if digest.unlisted:
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
+        lines.append(f"…and {digest.unlisted_total} more open: {counts}")
+    if digest.acknowledged or digest.resolved:
+        lines.append(f"{digest.acknowledged} acknowledged · {digest.resolved} resolved")
+    return lines
+
+
+def digest_text_body(digest: Digest) -> str:
+    lines = [digest.headline(), ""]
+    for title, where, when in _digest_rows(digest):
+        lines += [title, f"    {where} · {when}"]
+    counts = _digest_counts(digest)
+    return "\n".join([*lines, *([""] if counts else []), *counts]) + "\n"
+
+
+def digest_html_body(digest: Digest) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(title)}</td><td>{html.escape(where)}</td><td>{html.escape(when)}</td></tr>"
+        for title, where, when in _digest_rows(digest)
+    )
+    counts = "".join(f"<p>{html.escape(line)}</p>" for line in _digest_counts(digest))
+    title = html.escape(digest.headline())
+    return f"<html><body><h2>{title}</h2><table>{rows}</table>{counts}</body></html>\n"
+
+
+def build_digest_message(config: EmailConfig, digest: Digest, *, eight_bit: bool = True) -> EmailMessage:
+    """One email summarising a storm; the channel's per-alert templates do not apply to it."""
+    return _assemble(
+        config,
+        subject=bounded_subject(header_text(digest_subject(digest))),
+        message_id=_message_id(config, f"digest|{digest.key}|{digest.tenant_id}"),
+        key=digest.key,
+        text_body=digest_text_body(digest),
+        html_body=digest_html_body(digest) if config.format == "html" else None,
+        eight_bit=eight_bit,
+    )
+
+
+def _assemble(
+    config: EmailConfig,
+    *,
+    subject: str,
+    message_id: str,
+    key: str,
+    text_body: str,
+    html_body: str | None,
+    eight_bit: bool,
+) -> EmailMessage:
+    """Headers and parts, 7-bit clean unless ``eight_bit``; a PermanentError if anything cannot encode."""
     message = EmailMessage(policy=SMTP_8BIT if eight_bit else SMTP_7BIT)
     try:
         if config.from_name:
@@ -616,9 +705,9 @@ def build_message(config: EmailConfig, delivery: Delivery, *, eight_bit: bool = 
             message["Cc"] = ", ".join(config.cc)
         message["Subject"] = subject
         message["Date"] = formatdate(usegmt=True)
-        message["Message-ID"] = _message_id(config, delivery)
+        message["Message-ID"] = message_id
         message["Auto-Submitted"] = "auto-generated"
-        message[DELIVERY_KEY_HEADER] = header_text(delivery.key)
+        message[DELIVERY_KEY_HEADER] = header_text(key)
         message.set_content(body_text(text_body))
         if html_body is not None:
             message.add_alternative(body_text(html_body), subtype="html")
@@ -796,7 +885,8 @@ class _Attempt:
     """Where one send is: the step (for messages) and the wait it was last given (mutable: it moves)."""
 
     config: EmailConfig
-    delivery: Delivery
+    delivery: AttemptClock  # the Delivery, or the Digest: its deadline
+    build: Callable[[bool], EmailMessage]  # the message, 8-bit or 7-bit clean
     limit: float  # [smtp] timeout: the longest single wait
     step: str = "connecting"
     timeout: float = 0.0
@@ -840,10 +930,22 @@ class EmailChannel:
         return parse_email_config(raw, self.default_sender)
 
     def send(self, config: EmailConfig, delivery: Delivery) -> Receipt:
-        message = build_message(config, delivery)
+        return self._transmit(
+            config, delivery, lambda eight_bit: build_message(config, delivery, eight_bit=eight_bit)
+        )
+
+    def send_digest(self, config: EmailConfig, digest: Digest) -> Receipt:
+        return self._transmit(
+            config, digest, lambda eight_bit: build_digest_message(config, digest, eight_bit=eight_bit)
+        )
+
+    def _transmit(
+        self, config: EmailConfig, delivery: AttemptClock, build: Callable[[bool], EmailMessage]
+    ) -> Receipt:
+        message = build(True)
         if not config.tls_verify and transport(config) != "plain":
             log.warning("tls.verification_disabled", channel_type="email", host=config.host, port=config.port)
-        attempt = _Attempt(config, delivery, self.timeout)
+        attempt = _Attempt(config, delivery, build, self.timeout)
         attempt.next("connecting")
         # Tenants write SMTP hosts too: resolve once, check, and connect to the checked address.
         address = check_host(config.host, config.port, self.address_policy)
@@ -918,7 +1020,7 @@ class EmailChannel:
             if client.has_extn("8bitmime"):
                 options = ("BODY=8BITMIME",)
             else:
-                message = build_message(config, attempt.delivery, eight_bit=False)
+                message = attempt.build(False)
         attempt.next("sending the message", client)
         return dict(
             client.send_message(

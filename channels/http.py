@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import HTTPError
 
-from channels.base import Delivery, Receipt
+from channels.base import AttemptClock, Receipt
 from channels.deadline import closing_at
 from channels.errors import (
     DeadlineExceeded,
@@ -188,7 +188,7 @@ class HttpClient:
         headers: Mapping[str, str],
         method: str = "POST",
         service: str = "endpoint",
-        delivery: Delivery | None = None,
+        delivery: AttemptClock | None = None,
         secrets: Iterable[str] = (),
     ) -> Receipt:
         """Send body to url; return a Receipt on 2xx, raise Transient/PermanentError otherwise.
@@ -216,7 +216,7 @@ class HttpClient:
         headers: Mapping[str, str],
         method: str,
         service: str,
-        delivery: Delivery | None,
+        delivery: AttemptClock | None,
         secrets: Iterable[str],
     ) -> Receipt:
         host = host_of(url)

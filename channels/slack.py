@@ -21,6 +21,8 @@ from typing import Any
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, require_str
 from channels.context import ChannelContext
+from channels.digest import Digest
+from channels.digest import cut as digest_cut
 from channels.http import check_url
 from channels.presentation import ACKNOWLEDGED, RESOLVED, cut, look, one_line
 from channels.secrets import url_secrets
@@ -126,3 +128,57 @@ class SlackChannel:
 
     def close(self) -> None:
         pass
+
+    def send_digest(self, config: SlackConfig, digest: Digest) -> Receipt:
+        body = json.dumps(build_digest_message(digest)).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.http.send(
+            config.webhook_url,
+            body,
+            headers=headers,
+            service="Slack",
+            delivery=digest,
+            secrets=config.secrets(),
+        )
+
+
+# --- storm digests (channels/digest.py) ----------------------------------------------------------
+
+
+DIGEST_HEADER_LIMIT = 150  # Block Kit: a header's text
+
+
+def _digest_text(text: str, limit: int) -> dict[str, str]:
+    """A ``plain_text`` object: Slack shows it literally (no mrkdwn, mentions or links from alerts)."""
+    return {"type": "plain_text", "text": text if len(text) <= limit else text[: limit - 1] + "…"}
+
+
+def _digest_line(alert: Alert) -> str:
+    """One listed alert: ``[CRITICAL] message`` over ``device · type · site``, each on one line."""
+    where = " · ".join((alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-"))
+    return f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}\n{digest_cut(where)}"
+
+
+def build_digest_message(digest: Digest) -> dict[str, Any]:
+    """One message for a storm: a header with the counts, a section per listed alert, the rest counted.
+
+    At most 3 + ``[digest] max_listed`` (<= 40) blocks, within Block Kit's 50. Alert values only go
+    into ``plain_text`` objects, each far below a section's 3000 characters; the fallback ``text``
+    holds counts only."""
+    top = digest.top_severity
+    colour = COLOURS.get(top, DEFAULT_COLOUR) if top else RESOLVED_COLOUR
+    headline = digest.headline()
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": _digest_text(headline, DIGEST_HEADER_LIMIT)}]
+    blocks += [
+        {"type": "section", "text": _digest_text(_digest_line(alert), SECTION_TEXT_LIMIT)}
+        for alert in digest.listed
+    ]
+    if digest.unlisted:
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
+        more = f"…and {digest.unlisted_total} more open: {counts}"
+        blocks.append({"type": "section", "text": _digest_text(more, SECTION_TEXT_LIMIT)})
+    if digest.acknowledged or digest.resolved:
+        closed = f"{digest.acknowledged} acknowledged · {digest.resolved} resolved"
+        blocks.append({"type": "context", "elements": [_digest_text(closed, CONTEXT_TEXT_LIMIT)]})
+    fallback = escape(headline, FALLBACK_TEXT_LIMIT)
+    return {"text": fallback, "attachments": [{"color": colour, "fallback": fallback, "blocks": blocks}]}

@@ -24,6 +24,8 @@ from typing import Any
 from channels.alert import Alert
 from channels.base import Delivery, Receipt, config_object, optional_str, require_str
 from channels.context import ChannelContext
+from channels.digest import Digest
+from channels.digest import cut as digest_cut
 from channels.errors import InvalidChannelConfig
 from channels.http import check_url
 from channels.presentation import ACKNOWLEDGED, RESOLVED, cut, look, one_line
@@ -174,3 +176,106 @@ class TeamsChannel:
 
     def close(self) -> None:
         pass
+
+    def send_digest(self, config: TeamsConfig, digest: Digest) -> Receipt:
+        body = json.dumps(DIGEST_BUILDERS[config.format](digest)).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.http.send(
+            config.webhook_url,
+            body,
+            headers=headers,
+            service="Teams",
+            delivery=digest,
+            secrets=config.secrets(),
+        )
+
+
+# --- storm digests (channels/digest.py) ----------------------------------------------------------
+
+
+def _digest_run(text: str, **style: Any) -> dict[str, Any]:
+    """A RichTextBlock of one TextRun: Teams never reads a TextRun as Markdown, so alert text in a
+    digest cannot become a link or formatting."""
+    return {"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": text, **style}]}
+
+
+def _digest_entry(alert: Alert) -> tuple[str, str]:
+    """(``[CRITICAL] message``, ``device · type · site``) for one listed alert."""
+    title = f"[{alert.severity_label}] {digest_cut(alert.message) or 'Alert'}"
+    where = " · ".join((alert.device_id or "unknown device", alert.alert_type or "-", alert.site_id or "-"))
+    return title, digest_cut(where)
+
+
+def _digest_counts(digest: Digest) -> list[str]:
+    """Lines counting what the digest does not name: more open alerts, acknowledged, resolved."""
+    lines = []
+    if digest.unlisted:
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
+        lines.append(f"…and {digest.unlisted_total} more open: {counts}")
+    if digest.acknowledged or digest.resolved:
+        lines.append(f"{digest.acknowledged} acknowledged · {digest.resolved} resolved")
+    return lines
+
+
+def build_adaptive_digest(digest: Digest) -> dict[str, Any]:
+    """A Workflows webhook message carrying one Adaptive Card (1.4) that summarises a storm."""
+    top = digest.top_severity
+    style = STYLES.get(top, DEFAULT_STYLE) if top else RESOLVED_STYLE
+    body: list[dict[str, Any]] = [
+        {
+            "type": "Container",
+            "style": style,
+            "bleed": True,
+            "items": [
+                {
+                    "type": "TextBlock",
+                    "text": digest.headline(),
+                    "weight": "Bolder",
+                    "size": "Medium",
+                    "wrap": True,
+                }
+            ],
+        }
+    ]
+    for alert in digest.listed:
+        title, where = _digest_entry(alert)
+        body.append(
+            {
+                "type": "Container",
+                "separator": True,
+                "items": [
+                    _digest_run(title, weight="Bolder"),
+                    {**_digest_run(where, isSubtle=True), "spacing": "None"},
+                ],
+            }
+        )
+    body += [{"type": "TextBlock", "text": line, "wrap": True} for line in _digest_counts(digest)]
+    card = {
+        "$schema": ADAPTIVE_CARD_SCHEMA,
+        "type": "AdaptiveCard",
+        "version": ADAPTIVE_CARD_VERSION,
+        "body": body,
+        "msteams": {"width": "Full"},
+    }
+    attachment = {"contentType": ADAPTIVE_CARD_CONTENT_TYPE, "contentUrl": None, "content": card}
+    return {"type": "message", "attachments": [attachment]}
+
+
+def build_digest_message_card(digest: Digest) -> dict[str, Any]:
+    """The legacy connector card summarising a storm: one fact per listed alert, Markdown off."""
+    top = digest.top_severity
+    colour = COLOURS.get(top, DEFAULT_COLOUR) if top else RESOLVED_COLOUR
+    headline = digest.headline()
+    facts = [{"name": title, "value": where} for title, where in map(_digest_entry, digest.listed)]
+    return {
+        "@type": "MessageCard",
+        "@context": "http://schema.org/extensions",
+        "themeColor": colour,
+        "summary": headline,
+        "title": headline,
+        "text": " | ".join(_digest_counts(digest)) or headline,
+        "sections": [{"markdown": False, "facts": facts}] if facts else [],
+    }
+
+
+DIGEST_BUILDERS = {"adaptive": build_adaptive_digest, "messagecard": build_digest_message_card}

@@ -101,6 +101,15 @@ class CircuitBreakerSettings:
 
 
 @dataclass(frozen=True)
+class DigestSettings:
+    """Storm digests for rate-limited chat destinations (see docs/digests.md)."""
+
+    enabled: bool
+    max_listed: int  # open alerts named individually in one digest, most severe first
+    max_jobs: int  # most jobs one digest covers
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str
 
@@ -119,6 +128,7 @@ class Settings:
     rate_limits: RateLimitSettings
     circuit_breaker: CircuitBreakerSettings
     logging: LoggingSettings
+    digest: DigestSettings
     source: str  # where the file came from, for messages
 
 
@@ -293,6 +303,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
     "logging": {
         "level": ("INFO", _log_level),
     },
+    "digest": {
+        "enabled": ("true", _bool),
+        "max_listed": ("10", _int(1, 40)),  # Slack takes at most 50 blocks per message
+        "max_jobs": ("500", _int(2, 10_000)),
+    },
 }
 
 
@@ -356,6 +371,7 @@ def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None
         rate_limits=RateLimitSettings(**values["rate_limits"]),
         circuit_breaker=CircuitBreakerSettings(**values["circuit_breaker"]),
         logging=LoggingSettings(**values["logging"]),
+        digest=DigestSettings(**values["digest"]),
         source=str(path) if path.exists() else "defaults",
     )
 

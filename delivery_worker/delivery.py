@@ -9,7 +9,9 @@ carried by the ``Delivery``: channels cut their connection at it, quick retries 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +19,7 @@ import structlog
 
 from channels.alert import alert_from_payload, decode_payload
 from channels.base import Channel, ChannelConfig, Delivery, Receipt
+from channels.digest import Digest, DigestChannel, summarise
 from channels.errors import DeliveryError, PermanentError, TransientError
 from channels.registry import ChannelRegistry
 from delivery_worker.destinations import Deferred, DestinationGuard
@@ -26,6 +29,7 @@ from delivery_worker.retry import RetryPolicy
 
 log = structlog.get_logger("delivery_worker.delivery")
 
+DEFAULT_MAX_LISTED = 10  # [digest] max_listed
 NOT_FOUND = {Table.NOTIFICATION_JOBS: "Channel not found", Table.DELIVERY_JOBS: "Integration not found"}
 DISABLED = {Table.NOTIFICATION_JOBS: "Channel disabled", Table.DELIVERY_JOBS: "Integration disabled"}
 
@@ -39,11 +43,14 @@ class Deliverer:
         policy: RetryPolicy,
         stopping: threading.Event,
         guard: DestinationGuard,
+        *,
+        max_listed: int = DEFAULT_MAX_LISTED,
     ) -> None:
         self.registry = registry
         self.policy = policy
         self.stopping = stopping
         self.guard = guard
+        self.max_listed = max_listed
 
     def run(self, job: Job) -> Outcome:
         started = datetime.now(UTC)
@@ -103,10 +110,17 @@ class Deliverer:
             payload=payload,
             deadline=self.attempt_deadline(),
         )
-        kind, where = destination.channel_type, config.destination()
+        return self._through_guard(
+            destination.channel_type,
+            config.destination(),
+            lambda: self._send_with_quick_retries(channel, config, delivery),
+        )
+
+    def _through_guard(self, kind: str, where: str, send: Callable[[], Receipt]) -> Receipt:
+        """``send`` once the destination's rate limit and circuit let it, telling them how it went."""
         self.guard.admit(kind, where)
         try:
-            receipt = self._send_with_quick_retries(channel, config, delivery)
+            receipt = send()
         except TransientError:
             self.guard.failed(kind, where)
             raise
@@ -178,3 +192,140 @@ class Deliverer:
             log.warning("job.retry_scheduled", **fields, error=outcome.error)
         elif outcome.verdict is Verdict.FAILED:
             log.error("job.failed", **fields, error=outcome.error)
+
+    # --- storm digests (delivery_worker/digest.py) ---------------------------------------------------
+
+    def run_task(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """What the poller submits: one job delivered alone, or several as one digest."""
+        if len(jobs) == 1:
+            return [self.run(jobs[0])]
+        return self.run_digest(jobs)
+
+    def run_digest(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """One summary message for jobs of one destination and tenant; one Outcome per job.
+
+        The message takes one rate-limit slot. Accepted: every covered job COMPLETED. Refused or
+        unreachable: each job gets its own verdict from the retry policy (its own attempts count).
+        A job that cannot be part of the message (its payload unreadable, or the whole group when
+        the channel config does not parse) is run alone, so it fails exactly as it always has."""
+        try:
+            plan = self._plan_digest(jobs)
+        except Exception:  # the job boundary: a bug here must not lose the jobs; each runs alone
+            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            plan = None
+        if plan is None:
+            return [self.run(job) for job in jobs]
+        channel, config, digest, covered, alone = plan
+        outcomes = [self.run(job) for job in alone]
+        if len(covered) < 2:
+            return outcomes + [self.run(job) for job in covered]
+        secrets = secret_values(covered[0].destination.config if covered[0].destination else None)
+        secrets.update(config.secrets())
+        return outcomes + self._send_digest(channel, config, digest, covered, secrets)
+
+    def _plan_digest(
+        self, jobs: Sequence[Job]
+    ) -> tuple[DigestChannel, ChannelConfig, Digest, list[Job], list[Job]] | None:
+        """(channel, config, digest, covered jobs, jobs to run alone), or None to run every job alone."""
+        lead = jobs[0]
+        destination = lead.destination
+        if self.stopping.is_set() or destination is None:
+            return None
+        try:
+            channel = self.registry.get(destination.channel_type)
+            config = channel.parse_config(destination.config)
+        except DeliveryError:
+            return None  # each job then fails with the config's own error
+        if not isinstance(channel, DigestChannel):
+            return None
+        covered: list[Job] = []
+        alerts = []
+        alone: list[Job] = []
+        for job in jobs:
+            try:
+                if job.destination != destination or job.tenant_id != lead.tenant_id:
+                    raise PermanentError("not this digest's destination")
+                payload = decode_payload(job.payload)
+            except DeliveryError:
+                alone.append(job)
+                continue
+            covered.append(job)
+            alerts.append(
+                alert_from_payload(payload, tenant_id=job.tenant_id, alert_id=job.alert_id, event=job.event)
+            )
+        key = f"{lead.table}:{covered[0].job_id}+{len(covered) - 1}" if covered else lead.key
+        digest = summarise(alerts, key=key, tenant_id=lead.tenant_id, max_listed=self.max_listed)
+        digest = dataclasses.replace(digest, deadline=self.attempt_deadline())
+        return channel, config, digest, covered, alone
+
+    def _send_digest(
+        self,
+        channel: DigestChannel,
+        config: ChannelConfig,
+        digest: Digest,
+        jobs: list[Job],
+        secrets: set[str],
+    ) -> list[Outcome]:
+        started = datetime.now(UTC)
+        kind = jobs[0].destination.channel_type if jobs[0].destination else ""
+        receipt: Receipt | None = None
+        error: DeliveryError | None = None
+        try:
+            receipt = self._through_guard(
+                kind,
+                config.destination(),
+                lambda: self._send_digest_with_quick_retries(channel, config, digest),
+            )
+        except Deferred as deferral:
+            log.info(
+                "digest.deferred",
+                job_ids=[job.job_id for job in jobs],
+                reason=str(deferral),
+                retry_in_s=round(deferral.delay_seconds, 2),
+            )
+            now = datetime.now(UTC)
+            return [
+                Outcome(job, Verdict.DEFERRED, started, now, retry_delay_seconds=deferral.delay_seconds)
+                for job in jobs
+            ]
+        except DeliveryError as exc:
+            error = exc
+        except Exception as exc:  # the job boundary: an unexpected bug must not kill the worker
+            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
+        finished = datetime.now(UTC)
+        outcomes = [self._outcome(job, started, finished, receipt, error, secrets) for job in jobs]
+        self._log_digest(digest, jobs, outcomes)
+        return outcomes
+
+    def _send_digest_with_quick_retries(
+        self, channel: DigestChannel, config: ChannelConfig, digest: Digest
+    ) -> Receipt:
+        for attempt in self.policy.quick_retrying(self.stopping, deadline=digest.deadline):
+            with attempt:
+                return channel.send_digest(config, digest)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _log_digest(self, digest: Digest, jobs: list[Job], outcomes: list[Outcome]) -> None:
+        """One line for the whole digest, naming every job it covered."""
+        lead = jobs[0]
+        fields: dict[str, Any] = {
+            "digest": digest.key,
+            "table": lead.table.value,
+            "tenant_id": lead.tenant_id,
+            "channel_id": lead.destination.destination_id if lead.destination else None,
+            "channel_type": lead.destination.channel_type if lead.destination else None,
+            "job_ids": [job.job_id for job in jobs],
+            "jobs": len(jobs),
+            "listed": len(digest.listed),
+            "duration_ms": outcomes[0].latency_ms,
+        }
+        if outcomes[0].http_status is not None:
+            fields["http_status"] = outcomes[0].http_status
+        if all(o.verdict is Verdict.COMPLETED for o in outcomes):
+            log.info("digest.sent", **fields)
+            return
+        verdicts = {
+            v.value: sum(1 for o in outcomes if o.verdict is v) for v in (Verdict.RETRY, Verdict.FAILED)
+        }
+        log.warning("digest.failed", **fields, outcomes=verdicts, error=outcomes[0].error)

@@ -39,6 +39,7 @@ from delivery_worker.db import (
     transaction,
 )
 from delivery_worker.delivery import Deliverer
+from delivery_worker.digest import DigestPlanner, Task
 from delivery_worker.heartbeat import Heartbeat
 from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
@@ -68,6 +69,7 @@ class Running:
     started_at: datetime
     submitted_at: float  # monotonic
     warned: bool = False
+    task: str = ""  # the first job's key: the jobs of one digest share one thread
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Poller:
         self.outage_since: float | None = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
         self.cycle = 0
+        self.digests = DigestPlanner(settings, deliverer.registry, self.queues)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -146,8 +149,8 @@ class Poller:
                 self.wake.clear()
                 self._collect_finished()
                 claimed = self._cycle(claim=True)
-                for job in claimed:
-                    self._submit(pool, job)
+                for task in claimed:
+                    self._submit(pool, task)
                 self._warn_overdue()
                 self.observer.poll_ticked(
                     database_ok=self.outage_since is None, in_flight=len(self.in_flight)
@@ -225,10 +228,10 @@ class Poller:
                 running.warned = True
                 log.warning("job.overdue", job=key, running_s=round(now - running.submitted_at, 1))
 
-    def _should_poll_again_now(self, claimed: list[Job]) -> bool:
+    def _should_poll_again_now(self, claimed: list[Task]) -> bool:
         """A full claim means more may be waiting; claim again at once if threads are free."""
-        full = len(claimed) >= self.settings.worker.batch_size
-        return bool(claimed) and full and len(self.in_flight) < self.threads
+        full = sum(len(task) for task in claimed) >= self.settings.worker.batch_size
+        return bool(claimed) and full and self._threads_busy() < self.threads
 
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
@@ -244,14 +247,26 @@ class Poller:
 
     # --- executing -------------------------------------------------------------------------------
 
-    def _submit(self, pool: ThreadPoolExecutor, job: Job) -> None:
-        if job.key in self.claims:
-            # Its lease was lost and it came back to this worker, which still runs it or has its
-            # outcome to write: take the new claim over instead of sending it a second time.
-            log.warning("job.claimed_again", job=job.key, attempt=job.attempt)
-            self.claims.hold(job)
-            return
-        self._start(pool, [job], lambda: self.deliverer.run(job))
+    def _submit(self, pool: ThreadPoolExecutor, task: Task) -> None:
+        """One job alone, or several of one destination as one digest (delivery_worker/digest.py)."""
+        jobs: list[Job] = []
+        for job in task:
+            if job.key in self.claims:
+                # Its lease was lost and it came back to this worker, which still runs it or has its
+                # outcome to write: take the new claim over instead of sending it a second time.
+                log.warning("job.claimed_again", job=job.key, attempt=job.attempt)
+                self.claims.hold(job)
+            else:
+                jobs.append(job)
+        if len(jobs) == 1:
+            job = jobs[0]
+            self._start(pool, jobs, lambda: self.deliverer.run(job))
+        elif jobs:
+            self._start(pool, jobs, lambda: self.deliverer.run_digest(jobs))
+
+    def _threads_busy(self) -> int:
+        """Tasks running: a digest's jobs all run on one thread."""
+        return len({running.task for running in self.in_flight.values()})
 
     def _start(
         self, pool: ThreadPoolExecutor, jobs: list[Job], task: Callable[[], Outcome | list[Outcome]]
@@ -259,7 +274,7 @@ class Poller:
         """Run ``task`` in a worker thread; it returns the outcome of each of ``jobs``."""
         started, submitted = datetime.now(UTC), time.monotonic()
         for job in jobs:
-            self.in_flight[job.key] = Running(job, started, submitted)
+            self.in_flight[job.key] = Running(job, started, submitted, task=jobs[0].key)
             self.claims.hold(job)
         future = pool.submit(task)
         future.add_done_callback(lambda done: self._on_done(done, jobs))
@@ -291,7 +306,7 @@ class Poller:
 
     # --- database --------------------------------------------------------------------------------
 
-    def _cycle(self, *, claim: bool) -> list[Job]:
+    def _cycle(self, *, claim: bool) -> list[Task]:
         """One transaction: write due outcomes, renew leases, take back expired leases and (unless
         stopping, or still replaying the spool) claim up to the free capacity. Nothing is forgotten
         or believed until it commits."""
@@ -300,7 +315,7 @@ class Poller:
         assert self.conn is not None
         started = time.monotonic()
         due = [u for u in self.unwritten.values() if u.next_try <= started]
-        claimed: list[Job] = []
+        claimed: list[Task] = []
         try:
             with transaction(self.conn) as cur:
                 self.heartbeat.resync(cur)
@@ -308,7 +323,7 @@ class Poller:
                 renewals = self.heartbeat.renew(cur, skip=report.done_keys)
                 if not self.replaying:
                     self.reaper.reap_if_due(cur)
-                    free = self.threads - len(self.in_flight)
+                    free = self.threads - self._threads_busy()
                     if claim and free > 0 and not self.stopping.is_set():
                         claimed = self._claim_in_savepoint(cur, free)
         except (DatabaseUnavailable, DatabaseRejected) as exc:
@@ -320,7 +335,7 @@ class Poller:
         if self.replaying:
             self._replayed(report)
         if claimed:
-            self.observer.jobs_claimed(claimed)
+            self.observer.jobs_claimed([job for task in claimed for job in task])
         return claimed
 
     def _written(self, report: WriteReport) -> None:
@@ -338,11 +353,11 @@ class Poller:
         if report.written:
             self.observer.outcomes_recorded(report.written)
 
-    def _claim_in_savepoint(self, cur: cursor, free: int) -> list[Job]:
+    def _claim_in_savepoint(self, cur: cursor, free: int) -> list[Task]:
         """A refused claim must not undo the outcomes and renewals written before it."""
         try:
             with savepoint(cur, "claim"):
-                return self._claim(cur, free)
+                return self.digests.plan(cur, self._claim(cur, free))
         except Refused as exc:
             log.error("claim.refused", error=str(exc))
             return []

@@ -152,6 +152,7 @@ def run_worker(
             RetryPolicy.from_settings(settings.worker),
             stopping,
             DestinationGuard(settings.rate_limits, settings.circuit_breaker),
+            max_listed=settings.digest.max_listed,
         )
         poller = Poller(settings, build_queues(settings), deliverer, stopping, observer=Observers(*observers))
         signals.also_wake(poller.wake)
