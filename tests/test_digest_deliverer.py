@@ -93,4 +93,4 @@ def test_a_bug_while_building_the_digest_sends_each_job_alone(deliverer, http_se
 
     assert [o.verdict for o in outcomes] == [Verdict.COMPLETED] * 3
     texts = sorted(json.loads(r.body)["text"] for r in http_server.received("/slack"))
-    assert texts == ["[LOW] alert 0", "[LOW] alert 1", "[MEDIUM] alert 2"]
+    assert texts == ["🔵 LOW: alert 0", "🔵 LOW: alert 1", "🟡 MEDIUM: alert 2"]

@@ -89,7 +89,7 @@ def test_a_single_alert_is_sent_as_a_normal_message(database, http_server):
     finally:
         logs = stop(worker)
 
-    assert slack_texts(http_server) == ["[CRITICAL] Temperature 92.5C above 85C"]
+    assert slack_texts(http_server) == ["🔴 CRITICAL: Temperature 92.5C above 85C"]
     assert [row["success"] for row in log_rows(database, job_id)] == [True]
     assert not [line for line in logs if line["event"].startswith("digest.")]
 
@@ -104,7 +104,7 @@ def test_digests_disabled_send_one_message_per_alert(database, http_server):
     finally:
         stop(worker)
 
-    assert sorted(slack_texts(http_server)) == [f"[LOW] Door sensor {n} offline" for n in range(4)]
+    assert sorted(slack_texts(http_server)) == [f"🔵 LOW: Door sensor {n} offline" for n in range(4)]
 
 
 def test_pagerduty_and_webhook_floods_are_never_summarised(database, http_server):
@@ -187,7 +187,7 @@ def test_a_storm_of_one_tenant_never_delays_or_absorbs_another_tenants_alert(dat
     finally:
         stop(worker)
 
-    assert slack_texts(http_server, "/quiet") == ["[CRITICAL] Temperature 92.5C above 85C"]
+    assert slack_texts(http_server, "/quiet") == ["🔴 CRITICAL: Temperature 92.5C above 85C"]
     assert all("Temperature" not in text for text in slack_texts(http_server))
     assert [row["success"] for row in log_rows(database, vip)] == [True]
 
