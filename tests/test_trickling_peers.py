@@ -48,7 +48,7 @@ SETTINGS = {
     "smtp_timeout": "30",
 }
 # Cut by the deadline means about JOB_TIMEOUT; the slack covers a loaded machine, not a trickle
-# (a whole trickled reply takes 30 s, and a second lease would start at 6 s).
+# (a whole trickled reply takes over 30 s, and a second lease would start at 6 s).
 LONGEST_ATTEMPT = JOB_TIMEOUT + 2.0
 DEADLINE_ERROR = re.compile(r"deadline|timed? ?out", re.IGNORECASE)
 TRICKLED_REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
