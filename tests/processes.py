@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 
 def worker_env(dsn: str, **settings: str) -> dict[str, str]:
-    """Environment for a child worker: DATABASE_URL plus DELIVERY_WORKER_<SECTION>_<KEY> overrides."""
+    """Environment for a child worker: DATABASE_URL plus DELIVERY_WORKER_<SECTION>_<KEY> overrides.
+
+    The spool goes to a fresh temporary directory unless ``worker_state_dir`` is given: the default
+    (./state) would leave spool files of dropped test databases in the checkout, replayed by every run.
+    """
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "DATABASE_URL": dsn,
@@ -18,6 +23,7 @@ def worker_env(dsn: str, **settings: str) -> dict[str, str]:
         "DELIVERY_WORKER_WORKER_BACKOFF_BASE_SECONDS": "0",
         "DELIVERY_WORKER_WORKER_QUICK_RETRIES": "0",
         "DELIVERY_WORKER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8 ::1/128",
+        "DELIVERY_WORKER_WORKER_STATE_DIR": tempfile.mkdtemp(prefix="dw-state-"),
     }
     env.update({f"DELIVERY_WORKER_{key.upper()}": value for key, value in settings.items()})
     return env

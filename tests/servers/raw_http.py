@@ -26,6 +26,7 @@ class RawConnection:
     sock: socket.socket
     stopping: threading.Event
     sent: int = 0
+    request: bytes = b""  # the raw request this connection answers
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -87,7 +88,8 @@ def raw_http_server(answer: Answer, tls: ssl.SSLContext | None = None) -> Iterat
         try:
             if tls is not None:
                 sock = conn.sock = tls.wrap_socket(sock, server_side=True)
-            server.requests.append(_read_request(sock))
+            conn.request = _read_request(sock)
+            server.requests.append(conn.request)
             answer(conn)
         except OSError:
             pass  # the client cut the connection: that is what most tests provoke
