@@ -8,13 +8,13 @@ touches the database and never sleeps for a retry.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from channels.alert import Alert
-from channels.errors import DeadlineExceeded, InvalidChannelConfig
+from channels.deadline import time_left
+from channels.errors import InvalidChannelConfig
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,7 @@ class Delivery:
         """Seconds the next network wait may take: ``limit``, cut to what is left before the deadline.
 
         Raises DeadlineExceeded once the deadline has passed, so a channel checks before each wait."""
-        if self.deadline is None:
-            return limit
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded("attempt deadline reached")
-        return min(limit, left)
+        return time_left(self.deadline, limit)
 
 
 class AttemptClock(Protocol):

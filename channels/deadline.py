@@ -18,7 +18,21 @@ from contextlib import contextmanager
 
 import structlog
 
+from channels.errors import DeadlineExceeded
+
 log = structlog.get_logger("channels.deadline")
+
+
+def time_left(deadline: float | None, limit: float) -> float:
+    """``limit``, cut to what is left before ``deadline`` (``time.monotonic()``; None: no deadline).
+
+    Raises DeadlineExceeded once the deadline has passed."""
+    if deadline is None:
+        return limit
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("attempt deadline reached")
+    return min(limit, left)
 
 
 class _Armed:

@@ -11,7 +11,6 @@ by key and need every event.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from channels.alert import Alert
 from channels.base import Receipt
-from channels.errors import DeadlineExceeded
+from channels.deadline import time_left
 
 # Most severe first; an alert without a readable severity ranks last.
 SEVERITY_ORDER = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
@@ -63,14 +62,26 @@ class Digest:
             parts.append(f"{self.resolved} resolved")
         return f"{self.total} alerts: {', '.join(parts)}"
 
+    def more_open_line(self) -> str | None:
+        """``…and 50 more open: 2 high, 48 low`` for the open alerts not listed, if any."""
+        if not self.unlisted:
+            return None
+        counts = ", ".join(f"{count} {label.lower()}" for label, count in self.unlisted)
+        return f"…and {self.unlisted_total} more open: {counts}"
+
+    def closed_line(self) -> str | None:
+        """``2 acknowledged · 4 resolved``, if the digest covers such events."""
+        if not (self.acknowledged or self.resolved):
+            return None
+        return f"{self.acknowledged} acknowledged · {self.resolved} resolved"
+
+    def count_lines(self) -> list[str]:
+        """What the digest counts without naming: more open alerts, then acknowledged/resolved."""
+        return [line for line in (self.more_open_line(), self.closed_line()) if line]
+
     def time_left(self, limit: float) -> float:
         """As ``Delivery.time_left``: ``limit`` cut to the time left; DeadlineExceeded once past."""
-        if self.deadline is None:
-            return limit
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded("attempt deadline reached")
-        return min(limit, left)
+        return time_left(self.deadline, limit)
 
 
 def _by_severity(alerts: Sequence[Alert]) -> tuple[tuple[str, int], ...]:

@@ -641,21 +641,11 @@ def _digest_rows(digest: Digest) -> list[tuple[str, str, str]]:
     ]
 
 
-def _digest_counts(digest: Digest) -> list[str]:
-    lines = []
-    if digest.unlisted:
-        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
-        lines.append(f"…and {digest.unlisted_total} more open: {counts}")
-    if digest.acknowledged or digest.resolved:
-        lines.append(f"{digest.acknowledged} acknowledged · {digest.resolved} resolved")
-    return lines
-
-
 def digest_text_body(digest: Digest) -> str:
     lines = [digest.headline(), ""]
     for title, where, when in _digest_rows(digest):
         lines += [title, f"    {where} · {when}"]
-    counts = _digest_counts(digest)
+    counts = digest.count_lines()
     return "\n".join([*lines, *([""] if counts else []), *counts]) + "\n"
 
 
@@ -664,7 +654,7 @@ def digest_html_body(digest: Digest) -> str:
         f"<tr><td>{html.escape(title)}</td><td>{html.escape(where)}</td><td>{html.escape(when)}</td></tr>"
         for title, where, when in _digest_rows(digest)
     )
-    counts = "".join(f"<p>{html.escape(line)}</p>" for line in _digest_counts(digest))
+    counts = "".join(f"<p>{html.escape(line)}</p>" for line in digest.count_lines())
     title = html.escape(digest.headline())
     return f"<html><body><h2>{title}</h2><table>{rows}</table>{counts}</body></html>\n"
 

@@ -324,26 +324,8 @@ class GuardedHTTPConnection(HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class GuardedHTTPSConnection(HTTPSConnection):
+class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):
     """HTTPS over the checked address; SNI and certificate verification use the URL's host name."""
-
-    response_class = StatusFirstResponse
-
-    def __init__(self, *args: Any, policy: AddressPolicy, resolver: Resolver, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.address_policy = policy
-        self.resolver = resolver
-
-    def _new_conn(self) -> socket.socket:
-        return _pinned_connect(self, self.address_policy, self.resolver)
-
-    def connect(self) -> None:
-        note_in_use(self)
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        note_in_use(self)
-        super().request(*args, **kwargs)
 
 
 class GuardedHTTPConnectionPool(HTTPConnectionPool):

@@ -173,12 +173,9 @@ def build_digest_message(digest: Digest) -> dict[str, Any]:
         {"type": "section", "text": _digest_text(_digest_line(alert), SECTION_TEXT_LIMIT)}
         for alert in digest.listed
     ]
-    if digest.unlisted:
-        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
-        more = f"…and {digest.unlisted_total} more open: {counts}"
+    if more := digest.more_open_line():
         blocks.append({"type": "section", "text": _digest_text(more, SECTION_TEXT_LIMIT)})
-    if digest.acknowledged or digest.resolved:
-        closed = f"{digest.acknowledged} acknowledged · {digest.resolved} resolved"
+    if closed := digest.closed_line():
         blocks.append({"type": "context", "elements": [_digest_text(closed, CONTEXT_TEXT_LIMIT)]})
     fallback = escape(headline, FALLBACK_TEXT_LIMIT)
     return {"text": fallback, "attachments": [{"color": colour, "fallback": fallback, "blocks": blocks}]}

@@ -111,6 +111,11 @@ def build_adaptive_message(alert: Alert) -> dict[str, Any]:
         body.append(_text_run(cut(shown.details, MESSAGE_LIMIT)))
     facts = [{"title": name, "value": _fact_value(value)} for name, value in _facts(alert, shown.status)]
     body.append({"type": "FactSet", "facts": facts})
+    return adaptive_message(body)
+
+
+def adaptive_message(body: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Workflows-webhook message holding one full-width Adaptive Card with ``body``."""
     card = {
         "$schema": ADAPTIVE_CARD_SCHEMA,
         "type": "AdaptiveCard",
@@ -206,17 +211,6 @@ def _digest_entry(alert: Alert) -> tuple[str, str]:
     return title, digest_cut(where)
 
 
-def _digest_counts(digest: Digest) -> list[str]:
-    """Lines counting what the digest does not name: more open alerts, acknowledged, resolved."""
-    lines = []
-    if digest.unlisted:
-        counts = ", ".join(f"{count} {label.lower()}" for label, count in digest.unlisted)
-        lines.append(f"…and {digest.unlisted_total} more open: {counts}")
-    if digest.acknowledged or digest.resolved:
-        lines.append(f"{digest.acknowledged} acknowledged · {digest.resolved} resolved")
-    return lines
-
-
 def build_adaptive_digest(digest: Digest) -> dict[str, Any]:
     """A Workflows webhook message carrying one Adaptive Card (1.4) that summarises a storm."""
     top = digest.top_severity
@@ -249,16 +243,8 @@ def build_adaptive_digest(digest: Digest) -> dict[str, Any]:
                 ],
             }
         )
-    body += [{"type": "TextBlock", "text": line, "wrap": True} for line in _digest_counts(digest)]
-    card = {
-        "$schema": ADAPTIVE_CARD_SCHEMA,
-        "type": "AdaptiveCard",
-        "version": ADAPTIVE_CARD_VERSION,
-        "body": body,
-        "msteams": {"width": "Full"},
-    }
-    attachment = {"contentType": ADAPTIVE_CARD_CONTENT_TYPE, "contentUrl": None, "content": card}
-    return {"type": "message", "attachments": [attachment]}
+    body += [{"type": "TextBlock", "text": line, "wrap": True} for line in digest.count_lines()]
+    return adaptive_message(body)
 
 
 def build_digest_message_card(digest: Digest) -> dict[str, Any]:
@@ -273,7 +259,7 @@ def build_digest_message_card(digest: Digest) -> dict[str, Any]:
         "themeColor": colour,
         "summary": headline,
         "title": headline,
-        "text": " | ".join(_digest_counts(digest)) or headline,
+        "text": " | ".join(digest.count_lines()) or headline,
         "sections": [{"markdown": False, "facts": facts}] if facts else [],
     }
 
