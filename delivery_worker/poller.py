@@ -127,6 +127,7 @@ class Poller:
         self.outage_since: float | None = None
         self.reconnect_delay = RECONNECT_MIN_SECONDS
         self.cycle = 0
+        self.saw_due = False  # the last claim's cycle found due jobs (see _cycle)
         self.digests = DigestPlanner(settings, deliverer.registry, self.queues)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class Poller:
                     if time.monotonic() >= times.finish_by:
                         abandoned = self._abandon_in_flight()
                         break
-                elif drain and not claimed and not self.in_flight and self._idle():
+                elif drain and not claimed and not self.in_flight and self._idle() and not self.saw_due:
                     break
                 if not self._should_poll_again_now(claimed):
                     self.wake.wait(self._wait_seconds())
@@ -326,6 +327,9 @@ class Poller:
                     free = self.threads - self._threads_busy()
                     if claim and free > 0 and not self.stopping.is_set():
                         claimed = self._claim_in_savepoint(cur, free)
+                        # An empty claim is not proof that nothing is due (another worker may have
+                        # held every candidate row): --drain ends only when none is.
+                        self.saw_due = bool(claimed) or any(q.has_due(cur) for q in self.queues)
         except (DatabaseUnavailable, DatabaseRejected) as exc:
             self.heartbeat.broke_off()
             self._lost_connection(str(exc))

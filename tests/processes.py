@@ -9,6 +9,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
+# Every child worker's spool directory lives under one directory removed when the test run ends.
+STATE_ROOT = tempfile.TemporaryDirectory(prefix="dw-state-")
+
 
 def worker_env(dsn: str, **settings: str) -> dict[str, str]:
     """Environment for a child worker: DATABASE_URL plus DELIVERY_WORKER_<SECTION>_<KEY> overrides.
@@ -23,7 +26,7 @@ def worker_env(dsn: str, **settings: str) -> dict[str, str]:
         "DELIVERY_WORKER_WORKER_BACKOFF_BASE_SECONDS": "0",
         "DELIVERY_WORKER_WORKER_QUICK_RETRIES": "0",
         "DELIVERY_WORKER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8 ::1/128",
-        "DELIVERY_WORKER_WORKER_STATE_DIR": tempfile.mkdtemp(prefix="dw-state-"),
+        "DELIVERY_WORKER_WORKER_STATE_DIR": tempfile.mkdtemp(dir=STATE_ROOT.name),
     }
     env.update({f"DELIVERY_WORKER_{key.upper()}": value for key, value in settings.items()})
     return env

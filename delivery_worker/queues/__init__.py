@@ -38,6 +38,10 @@ class JobQueue(Protocol):
         """Ids of jobs whose lease ran out, not yet taken back."""
         ...
 
+    def has_due(self, cur: cursor) -> bool:
+        """Whether any PENDING job is due now."""
+        ...
+
 
 def build_queues(settings: Settings) -> list[JobQueue]:
     """Both tables, polled in turn by one loop."""

@@ -181,6 +181,13 @@ LIMIT %(limit)s
 """
 
 
+# Whether any job is due at all (the due-job partial index answers it). A claim can come back empty
+# while jobs are due: every candidate row was locked by another worker's claim at that moment.
+ANY_DUE = """
+SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'PENDING' AND next_run_at <= now())
+"""
+
+
 def clip(error: str | None) -> str | None:
     """At most ERROR_LIMIT characters, without NUL (PostgreSQL text cannot hold it)."""
     return None if error is None else error.replace("\x00", "\\0")[:ERROR_LIMIT]
@@ -323,6 +330,12 @@ class LeasedQueue:
             },
         )
         return list(cur.fetchall())
+
+    def has_due(self, cur: cursor) -> bool:
+        """Whether any PENDING job is due now (claimable or not by this worker)."""
+        cur.execute(sql.SQL(ANY_DUE).format(table=sql.Identifier(self.table.value)))
+        row = cur.fetchone()
+        return bool(row and row[0])
 
     def expired_jobs(self, cur: cursor, *, mine: Sequence[int] = (), limit: int = 1000) -> list[int]:
         """Ids of jobs whose lease ran out, without taking them (for reaping one by one)."""
