@@ -53,6 +53,8 @@ from delivery_worker.spool import Spool, SpooledOutcome, resolve_state_dir
 
 log = structlog.get_logger("delivery_worker.poller")
 
+OVERDUE_GRACE_SECONDS = 5.0  # past the attempt deadline before a running job is logged as overdue
+
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
 # Of shutdown_timeout, the last part is kept for writing outcomes (in-flight jobs are given up at its
@@ -222,7 +224,9 @@ class Poller:
         return abandoned
 
     def _warn_overdue(self) -> None:
-        limit = self.settings.worker.job_timeout_seconds
+        """A job still running well past its attempt deadline: its thread is stuck somewhere the
+        deadline does not reach (it should never happen; the log line says where to look)."""
+        limit = self.settings.worker.job_timeout_seconds + OVERDUE_GRACE_SECONDS
         now = time.monotonic()
         for key, running in self.in_flight.items():
             if not running.warned and now - running.submitted_at > limit:
