@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import json
 import math
 import re
 import socket
@@ -257,6 +258,20 @@ class HttpClient:
                 return Receipt(http_status=status)  # not read: closing drops the connection
             text = redact(read_capped(response).decode("utf-8", "replace"), secrets)
             return _judge(status, service, text, response.headers.get("Retry-After"))
+
+    def post_json(
+        self,
+        url: str,
+        document: Any,
+        *,
+        service: str,
+        delivery: AttemptClock,
+        secrets: Iterable[str] = (),
+    ) -> Receipt:
+        """POST ``document`` as JSON (what Slack, Teams and PagerDuty take), bounded by ``delivery``."""
+        body = json.dumps(document, default=str).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.send(url, body, headers=headers, service=service, delivery=delivery, secrets=secrets)
 
     def close(self) -> None:
         self.session.close()

@@ -10,7 +10,6 @@ acknowledge and resolve need only the dedup_key, and PagerDuty ignores a payload
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,12 +123,9 @@ class PagerDutyChannel:
 
     def send(self, config: PagerDutyConfig, delivery: Delivery) -> Receipt:
         details = delivery.payload.get("details")
-        body = json.dumps(build_event(config.routing_key, delivery.alert, details), default=str).encode()
-        headers = {"Content-Type": "application/json"}
-        return self.http.send(
+        return self.http.post_json(
             self.events_url,
-            body,
-            headers=headers,
+            build_event(config.routing_key, delivery.alert, details),
             service="PagerDuty",
             delivery=delivery,
             secrets=config.secrets(),

@@ -13,7 +13,6 @@ whole message with HTTP 400.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,12 +114,9 @@ class SlackChannel:
         return SlackConfig(webhook_url=check_url(url, where="config.webhook_url"))
 
     def send(self, config: SlackConfig, delivery: Delivery) -> Receipt:
-        body = json.dumps(build_message(delivery.alert)).encode()
-        headers = {"Content-Type": "application/json"}
-        return self.http.send(
+        return self.http.post_json(
             config.webhook_url,
-            body,
-            headers=headers,
+            build_message(delivery.alert),
             service="Slack",
             delivery=delivery,
             secrets=config.secrets(),
@@ -130,12 +126,9 @@ class SlackChannel:
         pass
 
     def send_digest(self, config: SlackConfig, digest: Digest) -> Receipt:
-        body = json.dumps(build_digest_message(digest)).encode()
-        headers = {"Content-Type": "application/json"}
-        return self.http.send(
+        return self.http.post_json(
             config.webhook_url,
-            body,
-            headers=headers,
+            build_digest_message(digest),
             service="Slack",
             delivery=digest,
             secrets=config.secrets(),

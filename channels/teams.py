@@ -15,7 +15,6 @@ backslash-escaped (``markdown_literal``), and the MessageCard section has Markdo
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,12 +167,9 @@ class TeamsChannel:
         return TeamsConfig(webhook_url=url, format=fmt)
 
     def send(self, config: TeamsConfig, delivery: Delivery) -> Receipt:
-        body = json.dumps(BUILDERS[config.format](delivery.alert)).encode()
-        headers = {"Content-Type": "application/json"}
-        return self.http.send(
+        return self.http.post_json(
             config.webhook_url,
-            body,
-            headers=headers,
+            BUILDERS[config.format](delivery.alert),
             service="Teams",
             delivery=delivery,
             secrets=config.secrets(),
@@ -183,12 +179,9 @@ class TeamsChannel:
         pass
 
     def send_digest(self, config: TeamsConfig, digest: Digest) -> Receipt:
-        body = json.dumps(DIGEST_BUILDERS[config.format](digest)).encode()
-        headers = {"Content-Type": "application/json"}
-        return self.http.send(
+        return self.http.post_json(
             config.webhook_url,
-            body,
-            headers=headers,
+            DIGEST_BUILDERS[config.format](digest),
             service="Teams",
             delivery=digest,
             secrets=config.secrets(),

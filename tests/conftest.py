@@ -16,6 +16,7 @@ import pytest
 from delivery_worker.db import connect
 from delivery_worker.migrate import apply_migrations
 from tests.processes import kill_leftover_workers
+from tests.rows import execute
 from tests.servers.http import RecordingServer
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://127.0.0.1:5432/postgres")
@@ -79,6 +80,27 @@ def no_leftover_workers() -> Iterator[None]:
     """A test that fails mid-way must not leave a worker process polling."""
     yield
     kill_leftover_workers()
+
+
+# Exactly the statements of docs/configuration.md "Least privilege" (the role name is substituted).
+RUN_GRANTS = """
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT, UPDATE ON notification_jobs, delivery_jobs TO {role};
+GRANT SELECT ON notification_channels, integrations, delivery_worker_migrations TO {role};
+GRANT INSERT ON notification_log, delivery_attempts TO {role};
+GRANT USAGE ON SEQUENCE notification_log_log_id_seq, delivery_attempts_attempt_id_seq TO {role};
+"""
+
+
+@pytest.fixture
+def runner_role(database: str) -> Iterator[tuple[str, str]]:
+    """A login role with only the run GRANTs; yields (role, dsn as that role)."""
+    role = f"dw_runner_{uuid.uuid4().hex[:10]}"
+    execute(database, f"CREATE ROLE {role} LOGIN")
+    execute(database, RUN_GRANTS.format(role=role))
+    yield role, psycopg2.extensions.make_dsn(database, user=role)
+    execute(database, f"DROP OWNED BY {role}")
+    execute(database, f"DROP ROLE {role}")
 
 
 @pytest.fixture

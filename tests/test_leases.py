@@ -9,12 +9,9 @@ from __future__ import annotations
 import collections
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg2.extensions
-import pytest
 
 from delivery_worker.db import connect, transaction
 from delivery_worker.jobs import Table
@@ -31,7 +28,6 @@ from tests.rows import (
     log_rows,
 )
 from tests.servers.http import Reply
-from tests.test_least_privilege import RUN_GRANTS
 
 
 def statuses(dsn: str) -> dict[str, int]:
@@ -48,17 +44,6 @@ def stop(worker) -> tuple[str, str]:
     out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     return out, err
-
-
-@pytest.fixture
-def runner_dsn(database: str) -> Iterator[tuple[str, str]]:
-    """A login role with only the documented run GRANTs (a superuser ignores REVOKE)."""
-    role = f"dw_lease_{uuid.uuid4().hex[:10]}"
-    execute(database, f"CREATE ROLE {role} LOGIN")
-    execute(database, RUN_GRANTS.format(role=role))
-    yield role, psycopg2.extensions.make_dsn(database, user=role)
-    execute(database, f"DROP OWNED BY {role}")
-    execute(database, f"DROP ROLE {role}")
 
 
 def test_a_job_running_longer_than_its_lease_is_sent_once_and_completes(database, http_server):
@@ -90,8 +75,8 @@ def test_a_job_running_longer_than_its_lease_is_sent_once_and_completes(database
     assert '"jobs.reclaimed"' not in out_first + out_second
 
 
-def test_revoked_insert_on_the_log_for_a_few_seconds_sends_nothing_twice(database, http_server, runner_dsn):
-    role, dsn = runner_dsn
+def test_revoked_insert_on_the_log_for_a_few_seconds_sends_nothing_twice(database, http_server, runner_role):
+    role, dsn = runner_role
     http_server.script("/hook", *[Reply(200, delay=0.3)] * 400)
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
     job_ids = [insert_notification_job(database, channel) for _ in range(40)]

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
-
-import psycopg2.extensions
-import pytest
 
 from tests.processes import start_worker, worker_env
 from tests.rows import (
@@ -19,26 +14,6 @@ from tests.rows import (
     insert_notification_job,
     job,
 )
-
-# Exactly the statements of docs/configuration.md "Least privilege" (the role name is substituted).
-RUN_GRANTS = """
-GRANT USAGE ON SCHEMA public TO {role};
-GRANT SELECT, UPDATE ON notification_jobs, delivery_jobs TO {role};
-GRANT SELECT ON notification_channels, integrations, delivery_worker_migrations TO {role};
-GRANT INSERT ON notification_log, delivery_attempts TO {role};
-GRANT USAGE ON SEQUENCE notification_log_log_id_seq, delivery_attempts_attempt_id_seq TO {role};
-"""
-
-
-@pytest.fixture
-def runner_role(database: str) -> Iterator[tuple[str, str]]:
-    """A login role with only the run GRANTs; yields (role, dsn as that role)."""
-    role = f"dw_runner_{uuid.uuid4().hex[:10]}"
-    execute(database, f"CREATE ROLE {role} LOGIN")
-    execute(database, RUN_GRANTS.format(role=role))
-    yield role, psycopg2.extensions.make_dsn(database, user=role)
-    execute(database, f"DROP OWNED BY {role}")
-    execute(database, f"DROP ROLE {role}")
 
 
 def test_run_completes_jobs_under_the_documented_grants(database, http_server, runner_role):
