@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,3 +124,12 @@ def excerpt(text: str | None, limit: int = 60) -> str | None:
         return None
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def announce_database(dsn: str) -> None:
+    """Say which database a command that changes data acts on, password masked, on stderr.
+
+    stderr keeps ``--json`` on stdout one parseable document; an operator at a terminal sees both."""
+    from delivery_worker.config import redact_dsn
+
+    print(f"database: {redact_dsn(dsn)}", file=sys.stderr)
