@@ -15,6 +15,7 @@ import pytest
 
 from delivery_worker.db import connect
 from delivery_worker.migrate import apply_migrations
+from tests.ops_cli import cli  # noqa: F401  (the operator-command fixture, shared)
 from tests.processes import kill_leftover_workers
 from tests.rows import execute
 from tests.servers.http import RecordingServer

@@ -4,6 +4,10 @@ Typical use: a channel's webhook was broken for an hour and has been fixed, so
 ``requeue --channel-id 7 --since 2h``. Without any filter it refuses to run unless ``--all`` is
 given. ``last_error`` is kept (it shows why the job failed until the next attempt replaces it), and
 the job's ``notification_log`` / ``delivery_attempts`` history stays.
+
+Every filter given must hold (AND), in every table it is applied to. A filter that exists in one
+table only (``--channel-id``: notification_jobs, ``--integration-id``: delivery_jobs) leaves the
+other table out; two filters that no single table can satisfy together are a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from delivery_worker.ops.output import (
     EXIT_USAGE,
     add_json_argument,
     add_table_argument,
+    announce_database,
     excerpt,
     parse_since,
     print_json,
@@ -32,34 +37,47 @@ from delivery_worker.ops.output import (
     selected_tables,
 )
 
-# The filters shared by the listing and the update; a NULL parameter switches its filter off.
-# {destination} is channel_id (notification_jobs) or integration_id (delivery_jobs), as text.
+# The filters shared by both tables; a NULL parameter switches its filter off.
+# --error is a case-insensitive substring: strpos, so % and _ in the text are plain characters.
 MATCH_FAILED = """
-    status = 'FAILED'
-    AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
-    AND (%(job_ids)s::bigint[] IS NULL OR job_id = ANY(%(job_ids)s::bigint[]))
-    AND (%(destination)s::text IS NULL OR {destination}::text = %(destination)s::text)
+    j.status = 'FAILED'
+    AND (%(since)s::timestamptz IS NULL OR j.updated_at >= %(since)s::timestamptz)
+    AND (%(job_ids)s::bigint[] IS NULL OR j.job_id = ANY(%(job_ids)s::bigint[]))
+    AND (%(tenant)s::text IS NULL OR j.tenant_id = %(tenant)s::text)
+    AND (%(error)s::text IS NULL OR strpos(lower(j.last_error), lower(%(error)s::text)) > 0)
 """
 
-LIST_FAILED = (
-    """
-SELECT job_id, tenant_id, {destination}::text, attempts, updated_at, last_error
-FROM {table}
-WHERE"""
-    + MATCH_FAILED
-    + """
-ORDER BY job_id
+# The filters on each table's destination: its id and its channel type.
+MATCH_CHANNEL = """
+    AND (%(channel_id)s::integer IS NULL OR j.channel_id = %(channel_id)s::integer)
+    AND (%(channel_type)s::text IS NULL OR j.channel_id IN (
+        SELECT channel_id FROM notification_channels WHERE channel_type = %(channel_type)s::text))
 """
-)
 
-REQUEUE_FAILED = (
-    """
+MATCH_INTEGRATION = """
+    AND (%(integration_id)s::uuid IS NULL OR j.integration_id = %(integration_id)s::uuid)
+    AND (%(channel_type)s::text IS NULL OR (j.tenant_id, j.integration_id) IN (
+        SELECT tenant_id, integration_id FROM integrations WHERE type::text = %(channel_type)s::text))
+"""
+
+MATCH = {
+    Table.NOTIFICATION_JOBS: MATCH_FAILED + MATCH_CHANNEL,
+    Table.DELIVERY_JOBS: MATCH_FAILED + MATCH_INTEGRATION,
+}
+
+# {table} and {destination} are fixed identifiers, {match} one of the MATCH constants; never input.
+LIST_FAILED = """
+SELECT j.job_id, j.tenant_id, j.{destination}::text, j.attempts, j.updated_at, j.last_error
+FROM {table} AS j
+WHERE {match}
+ORDER BY j.job_id
+"""
+
+REQUEUE_FAILED = """
 WITH matched AS (
-    SELECT job_id, attempts, updated_at
-    FROM {table}
-    WHERE"""
-    + MATCH_FAILED
-    + """
+    SELECT j.job_id, j.attempts, j.updated_at
+    FROM {table} AS j
+    WHERE {match}
     FOR UPDATE
 )
 UPDATE {table} AS j
@@ -68,10 +86,12 @@ FROM matched
 WHERE j.job_id = matched.job_id
 RETURNING j.job_id, j.tenant_id, j.{destination}::text, matched.attempts, matched.updated_at, j.last_error
 """
-)
 
 DESTINATION_COLUMN = {Table.NOTIFICATION_JOBS: "channel_id", Table.DELIVERY_JOBS: "integration_id"}
 COLUMNS = ("job_id", "tenant_id", "destination", "attempts", "updated_at", "last_error")
+
+# The filters that exist in one table only, with the option that names them.
+ONE_TABLE_FILTERS = {"channel_id": Table.NOTIFICATION_JOBS, "integration_id": Table.DELIVERY_JOBS}
 
 
 class UsageError(Exception):
@@ -80,21 +100,27 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which FAILED jobs to requeue, per table."""
+    """Which FAILED jobs to requeue: the tables to look in, and every filter (None: not given)."""
 
     tables: list[Table]
-    since: datetime | None
-    job_ids: list[int] | None
-    channel_id: int | None
-    integration_id: str | None
+    since: datetime | None = None
+    job_ids: list[int] | None = None
+    tenant: str | None = None
+    channel_type: str | None = None
+    error: str | None = None
+    channel_id: int | None = None
+    integration_id: str | None = None
 
-    def destination(self, table: Table) -> str | None:
-        if table is Table.NOTIFICATION_JOBS:
-            return None if self.channel_id is None else str(self.channel_id)
-        return self.integration_id
-
-    def params(self, table: Table) -> dict[str, Any]:
-        return {"since": self.since, "job_ids": self.job_ids, "destination": self.destination(table)}
+    def params(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "job_ids": self.job_ids,
+            "tenant": self.tenant,
+            "channel_type": self.channel_type,
+            "error": self.error,
+            "channel_id": self.channel_id,
+            "integration_id": self.integration_id,
+        }
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,14 +128,29 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "requeue",
         help="set FAILED jobs back to PENDING with attempts 0",
         description=(
-            "Set FAILED jobs back to PENDING with attempts = 0 and next_run_at = now(). Filters "
-            "combine with AND; at least one filter, or --all, is required."
+            "Set FAILED jobs back to PENDING with attempts = 0 and next_run_at = now(). Every filter "
+            "given must match (AND), in both tables: --channel-id selects notification_jobs only, "
+            "--integration-id delivery_jobs only, and the two together match nothing (exit 2). At "
+            "least one filter, or --all, is required."
         ),
     )
     add_table_argument(parser)
     parser.add_argument("--channel-id", type=int, metavar="N", help="notification_jobs of this channel")
     parser.add_argument(
         "--integration-id", type=_uuid, metavar="UUID", help="delivery_jobs of this integration"
+    )
+    parser.add_argument("--tenant", type=_text, metavar="TENANT_ID", help="jobs of this tenant (both tables)")
+    parser.add_argument(
+        "--channel-type",
+        type=_text,
+        metavar="TYPE",
+        help="jobs whose channel or integration has this type: slack, webhook, email, ... (both tables)",
+    )
+    parser.add_argument(
+        "--error",
+        type=_text,
+        metavar="TEXT",
+        help="jobs whose last_error contains TEXT (case-insensitive substring)",
     )
     parser.add_argument(
         "--since",
@@ -120,13 +161,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--job-id",
         type=int,
-        action="append",
+        nargs="+",
+        action="extend",
         metavar="N",
-        help="this job (repeatable; needs --table, as ids are per table)",
+        help="these jobs: --job-id 16 24 --job-id 30 (ids are per table: needs --table, or a filter "
+        "that selects one table)",
     )
     parser.add_argument("--all", action="store_true", help="every FAILED job in the selected table(s)")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs without changing anything")
     add_json_argument(parser)
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected some text, got an empty string")
+    return text
 
 
 def _uuid(text: str) -> str:
@@ -142,6 +191,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"delivery-worker requeue: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    announce_database(settings.database.dsn)
     conn = connect(settings.database.dsn, session=OPERATOR_SESSION)
     try:
         jobs = requeue(conn, selection, dry_run=args.dry_run)
@@ -155,29 +205,44 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def select(args: argparse.Namespace) -> Selection:
+    """The tables every filter given can apply to, and the filters; UsageError when none can."""
     tables = selected_tables(args.table)
-    if args.channel_id is not None and args.table == Table.DELIVERY_JOBS:
-        raise UsageError("--channel-id applies to notification_jobs; use --integration-id for delivery_jobs")
-    if args.integration_id is not None and args.table == Table.NOTIFICATION_JOBS:
-        raise UsageError("--integration-id applies to delivery_jobs; use --channel-id for notification_jobs")
-    if args.job_id and len(tables) != 1:
+    if args.channel_id is not None and args.integration_id is not None:
+        raise UsageError(
+            "--channel-id (notification_jobs) and --integration-id (delivery_jobs) cannot both match "
+            "one job: give one of them, or run requeue once for each"
+        )
+    for name, only in ONE_TABLE_FILTERS.items():
+        if getattr(args, name) is None:
+            continue
+        if only not in tables:
+            raise UsageError(
+                f"--{name.replace('_', '-')} applies to {only.value} only, "
+                f"and --table {args.table} leaves it out: nothing can match"
+            )
+        tables = [only]
+    job_ids = sorted(set(args.job_id)) if args.job_id else None
+    if job_ids and len(tables) != 1:
         raise UsageError(
             "--job-id needs --table notification_jobs or --table delivery_jobs (ids are per table)"
         )
-    # A destination filter for only one table leaves the other table out altogether.
-    if args.channel_id is not None and args.integration_id is None:
-        tables = [t for t in tables if t is Table.NOTIFICATION_JOBS]
-    if args.integration_id is not None and args.channel_id is None:
-        tables = [t for t in tables if t is Table.DELIVERY_JOBS]
-    filtered = any(
-        value is not None for value in (args.since, args.job_id, args.channel_id, args.integration_id)
+    selection = Selection(
+        tables,
+        since=args.since,
+        job_ids=job_ids,
+        tenant=args.tenant,
+        channel_type=args.channel_type,
+        error=args.error,
+        channel_id=args.channel_id,
+        integration_id=args.integration_id,
     )
+    filtered = any(value is not None for value in selection.params().values())
     if not filtered and not args.all:
         raise UsageError(
             "refusing to requeue every FAILED job without a filter: give --since, --channel-id, "
-            "--integration-id or --job-id, or --all"
+            "--integration-id, --tenant, --channel-type, --error or --job-id, or --all"
         )
-    return Selection(tables, args.since, args.job_id, args.channel_id, args.integration_id)
+    return selection
 
 
 def requeue(conn: Connection, selection: Selection, *, dry_run: bool) -> list[dict[str, Any]]:
@@ -187,9 +252,11 @@ def requeue(conn: Connection, selection: Selection, *, dry_run: bool) -> list[di
     with transaction(conn) as cur:
         for table in selection.tables:
             query = sql.SQL(statement).format(
-                table=sql.Identifier(table.value), destination=sql.Identifier(DESTINATION_COLUMN[table])
+                table=sql.Identifier(table.value),
+                destination=sql.Identifier(DESTINATION_COLUMN[table]),
+                match=sql.SQL(MATCH[table]),
             )
-            cur.execute(query, selection.params(table))
+            cur.execute(query, selection.params())
             for row in sorted(cur.fetchall()):
                 jobs.append({"table": table.value, **dict(zip(COLUMNS, row, strict=True))})
     return jobs
