@@ -252,6 +252,7 @@ def test_prune_deletes_old_finished_jobs_and_their_history_in_batches(database, 
         "notification_jobs": {"jobs": 5, "notification_log": 5},
         "delivery_jobs": {"jobs": 1, "delivery_attempts": 2},
     }
+    assert dry.json()["orphan_log_rows"] == {"rows": 1}
     assert count(database, "SELECT count(*) AS n FROM notification_jobs") == 7
 
     result = cli("prune", "--older-than", "30d", "--batch-size", "2", "--json")
@@ -261,16 +262,17 @@ def test_prune_deletes_old_finished_jobs_and_their_history_in_batches(database, 
         "notification_jobs": {"jobs": 5, "notification_log": 5, "batches": 3},
         "delivery_jobs": {"jobs": 1, "delivery_attempts": 2, "batches": 1},
     }
+    assert result.json()["orphan_log_rows"] == {"rows": 1, "batches": 1}
     remaining = {row["job_id"] for row in execute(database, "SELECT job_id FROM notification_jobs")}
     assert remaining == {recent, old_pending}
     assert count(database, "SELECT count(*) AS n FROM notification_log WHERE job_id = %s", (recent,)) == 1
-    assert count(database, "SELECT count(*) AS n FROM notification_log WHERE job_id IS NULL") == 1
+    assert count(database, "SELECT count(*) AS n FROM notification_log WHERE job_id IS NULL") == 0
     assert count(database, "SELECT count(*) AS n FROM delivery_jobs") == 0
     assert count(database, "SELECT count(*) AS n FROM delivery_attempts") == 0
 
     again = cli("prune", "--older-than", "30d")
     assert again.code == 0
-    assert "deleted: finished jobs last updated before" in again.out
+    assert "deleted: COMPLETED jobs last updated before" in again.out
     assert again.out.splitlines()[2].split()[:2] == ["notification_jobs", "0"]
 
 
