@@ -75,6 +75,8 @@ def test_stats_counts_statuses_oldest_due_job_and_recent_failures_by_type(databa
         "FAILED",
         "oldest",
         "due",
+        "oldest",
+        "PROCESSING",
     ]
     assert lines[1].split()[:6] == ["notification_jobs", "2", "1", "0", "1", "3"]
     assert "failed in the last 1h, by channel type:" in table.out
