@@ -22,7 +22,7 @@ import structlog
 from delivery_worker.config import Settings
 from delivery_worker.db import Connection, connect, transaction
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.ops.output import EXIT_FAILURE, EXIT_OK, add_json_argument, print_json
+from delivery_worker.ops.output import EXIT_FAILURE, EXIT_OK, add_json_argument, announce_database, print_json
 
 LOAD_CHANNEL = """
 SELECT channel_id, tenant_id, channel_type, is_enabled, config
@@ -120,6 +120,7 @@ def _integration(text: str) -> Target:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     target: Target = args.integration or Target(Table.NOTIFICATION_JOBS, channel_id=args.channel_id)
+    announce_database(settings.database.dsn)
     conn = connect(settings.database.dsn)
     try:
         destination = load_destination(conn, target)
