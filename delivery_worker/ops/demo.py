@@ -232,7 +232,7 @@ def mqtt_topic_root(tenant_id: str) -> str:
 def demo_channels(tenant_id: str, receiver: HttpReceiver, *, with_mqtt: bool) -> list[DemoChannel]:
     """The channels, each with its own path on the receiver (a Slack- and a Teams-shaped one)."""
     base = receiver.base_url
-    slack_path = "/services/T0DEMO/B0DEMO/" + secrets.token_hex(12)
+    slack_path = "/services/T0DEMO/B0DEMO/" + secrets.token_hex(4)
     teams_path = "/workflows/demo/triggers/manual/paths/invoke"
     channels = [
         DemoChannel(

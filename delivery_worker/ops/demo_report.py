@@ -14,6 +14,7 @@ from typing import Any
 from delivery_worker.ops.demo_receivers import LOOPBACK, MQTT_PORT, HttpReceiver, MqttSubscriber, Received
 from delivery_worker.ops.output import excerpt, render_table
 
+TELLING_KEYS = ("text", "message")
 SIGNATURE_HEADER = "X-Signature-SHA256"  # the webhook channel's default signature (channels/webhook.py)
 
 
@@ -101,12 +102,30 @@ def _received(item: Received, channel: DemoChannel) -> dict[str, Any]:
 
 
 def _readable(body: bytes) -> str:
-    """The body as text; JSON re-encoded without ``\\u`` escapes, so an emoji shows as itself."""
+    """The telling part of a body: the first ``text`` or ``message`` string of a JSON body (Slack's
+    fallback text, a Teams card's headline, the webhook's or MQTT payload's message), else the body."""
     text = body.decode("utf-8", "replace")
     try:
-        return json.dumps(json.loads(text), ensure_ascii=False)
+        found = _first_telling(json.loads(text))
     except ValueError:
         return text
+    return text if found is None else f"{found[0]}: {found[1]}"
+
+
+def _first_telling(node: Any) -> tuple[str, str] | None:
+    if isinstance(node, dict):
+        for key in TELLING_KEYS:
+            if isinstance(node.get(key), str):
+                return key, node[key]
+        children = list(node.values())
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        if (found := _first_telling(child)) is not None:
+            return found
+    return None
 
 
 def _about(line: str, job_ids: set[int]) -> bool:
