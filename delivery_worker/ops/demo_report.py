@@ -152,7 +152,7 @@ def render(report: dict[str, Any]) -> str:
     out = [f"demo tenant {tenant}: receiver {report['receiver_url']}, MQTT: {report['mqtt']}", ""]
     out.append("what each receiver got:")
     received = [
-        (entry["receiver"], item["method"], item["path"], _signature_cell(item), item["body"])
+        (entry["receiver"], item["method"], excerpt(item["path"], 30), _signature_cell(item), item["body"])
         for entry in report["receivers"]
         for item in entry["received"]
     ]
