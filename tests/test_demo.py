@@ -9,6 +9,10 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
+from delivery_worker.cli import main
+from delivery_worker.ops import demo as demo_command
 from delivery_worker.ops.demo_receivers import broker_answers
 from tests.processes import start_worker, wait_until
 from tests.rows import execute, insert_channel, insert_notification_job
@@ -142,3 +146,27 @@ def test_an_unmigrated_database_is_named_with_what_to_do(empty_database: str) ->
     result = demo(empty_database)
     assert result.returncode == 1
     assert "run `delivery-worker migrate`" in result.stderr
+
+
+def test_out_of_time_exits_1_naming_each_undelivered_job_and_still_cleans_up(database: str) -> None:
+    # CLOSED jobs wait for their OPEN, so with no time at all some are never claimed.
+    result = demo(database, "--timeout", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED: " in result.stdout
+    assert re.search(r"^  - job \d+ \(\w+\) is PENDING: not delivered in time$", result.stdout, re.MULTILINE)
+    for table in ("notification_channels", "notification_jobs", "notification_log"):
+        assert count(database, table) == 0, table
+
+
+def test_without_a_broker_mqtt_is_skipped_with_a_note(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.startswith("DELIVERY_WORKER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setattr(demo_command, "broker_answers", lambda: False)
+    assert main(["--config", "/dev/null", "demo", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mqtt"] == "no broker answers on 127.0.0.1:1883: MQTT skipped"
+    assert {entry["receiver"] for entry in report["receivers"]} == set(HTTP_RECEIVERS)
+    assert len(report["jobs"]) == 9 and report["problems"] == []

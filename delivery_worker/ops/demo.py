@@ -156,6 +156,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.remove:
             return remove_kept(conn, args.remove, as_json=args.json)
         return run_demo(conn, settings, keep=args.keep, timeout=args.timeout, as_json=args.json)
+    except KeyboardInterrupt:  # Ctrl-C: run_demo has stopped its worker and, unless --keep, removed its rows
+        kept = "kept (demo --remove TENANT deletes them)" if args.keep else "removed"
+        print(f"delivery-worker: demo: interrupted; its rows were {kept}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         conn.close()
 
