@@ -55,7 +55,7 @@ from delivery_worker.queues.demo_jobs import PARKED
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 TENANT_PREFIX = "demo-"
-CHANNEL_NAME = "delivery-worker demo"  # every demo channel's name starts with it (see remove_tenant)
+CHANNEL_NAME = "delivery-worker demo"  # every demo channel's name starts with it (see remove_kept)
 LOOPBACK_ONLY = (ipaddress.ip_network(f"{LOOPBACK}/32"),)
 
 
@@ -199,6 +199,8 @@ def run_demo(conn: Connection, settings: Settings, *, keep: bool, timeout: float
             file=sys.stderr,
         )
         log_lines = deliver(for_demo(settings), demo.job_ids, timeout)
+        if mqtt is not None:
+            mqtt.wait_for(len(SAMPLE_ALERTS))
         rows = final_rows(conn, demo.job_ids)
     finally:
         receiver.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,6 +120,13 @@ class MqttSubscriber:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def wait_for(self, count: int, timeout: float = MQTT_WAIT_SECONDS) -> None:
+        """Until ``count`` messages arrived or ``timeout`` passed: the broker acknowledges a publish
+        to the worker and forwards it to this subscriber at about the same time, not in order."""
+        deadline = time.monotonic() + timeout
+        while len(self.messages()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def messages(self) -> list[Received]:
         with self.lock:
