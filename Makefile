@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make run` and `make test`.
+# Entry points for a fresh machine: `make run`, `make demo` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ TEST_TOOLS ?= .test-tools
 DATABASE_URL ?= postgresql://127.0.0.1:5432/delivery_worker
 export DATABASE_URL
 
-.PHONY: install install-dev runtime-venv test-tools run test lint clean
+.PHONY: install install-dev runtime-venv test-tools run demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test-tools: $(TEST_TOOLS)/node_modules/adaptivecards/package.json
 run: install
 	$(BIN)/delivery-worker migrate --create-database
 	$(BIN)/delivery-worker run
+
+## The same database set-up, then sample alerts delivered to local receivers (loopback only), shown,
+## and their rows deleted; exit 0 only if every one was delivered. E.g. `make demo DEMO_ARGS=--keep`.
+demo: install
+	$(BIN)/delivery-worker migrate --create-database
+	$(BIN)/delivery-worker demo $(DEMO_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .
