@@ -245,7 +245,11 @@ class Deliverer:
         try:
             plan = self._plan_digest(jobs)
         except Exception:  # the job boundary: a bug here must not lose the jobs; each runs alone
-            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            log.exception(
+                "digest.internal_error",
+                job_ids=[job.job_id for job in jobs],
+                alert_ids=[job.alert_id for job in jobs],
+            )
             plan = None
         if plan is None:
             return [self.run(job) for job in jobs]
@@ -334,7 +338,11 @@ class Deliverer:
         except DeliveryError as exc:
             error = exc
         except Exception as exc:  # the job boundary: an unexpected bug must not kill the worker
-            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            log.exception(
+                "digest.internal_error",
+                job_ids=[job.job_id for job in jobs],
+                alert_ids=[job.alert_id for job in jobs],
+            )
             error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
         finished = datetime.now(UTC)
         outcomes = [self._outcome(job, started, finished, receipt, error, secrets) for job in jobs]

@@ -3,9 +3,12 @@ quick retry, circuit lines naming the integration and tenant, and timeouts that 
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 from tests.processes import start_worker, wait_until
@@ -114,3 +117,42 @@ def test_a_read_timeout_says_which_and_how_long_in_the_line_and_last_error(datab
     [failed] = named(lines, "job.failed")
     assert failed["error"] == expected
     assert job(database, "notification_jobs", job_id)["last_error"] == expected
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+ROOT = Path(__file__).resolve().parent.parent
+LOGS_DOC = (ROOT / "docs" / "logs.md").read_text(encoding="utf-8")
+
+
+def events_in_code() -> set[str]:
+    """Every event name the worker and channels log: ``log.<level>("name", ...)`` string literals."""
+    found: set[str] = set()
+    for path in [*ROOT.glob("delivery_worker/**/*.py"), *ROOT.glob("channels/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_METHODS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                found.add(node.args[0].value)
+    return found
+
+
+def test_docs_list_every_log_event_the_code_emits_and_no_other():
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)`(?:, `([a-z_]+\.[a-z_]+)`)?", LOGS_DOC, re.M))
+    names = {name for pair in documented for name in pair if name}
+    code_text = "\n".join(
+        path.read_text(encoding="utf-8")
+        for path in [*ROOT.glob("delivery_worker/**/*.py"), *ROOT.glob("channels/**/*.py")]
+    )
+
+    missing = events_in_code() - names
+    assert not missing, f"docs/logs.md lacks these events: {sorted(missing)}"
+    stale = {name for name in names if f'"{name}"' not in code_text}
+    assert not stale, f"docs/logs.md lists events the code never logs: {sorted(stale)}"
+    assert {"job.quick_retry", "digest.quick_retry", "circuit.opened"} <= names
