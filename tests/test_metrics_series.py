@@ -225,7 +225,7 @@ def test_rate_limit_deferral_is_counted_by_reason(database, http_server: Recordi
     for _ in range(3):
         insert_notification_job(database, channel)
 
-    with running_worker(database, rate_limits={"webhook": 0.1}) as worker:  # one request per 10 s
+    with running_worker(database, rate_limits={"webhook": 0.01}) as worker:  # one request per 100 s
         labels = {"table": "notification_jobs", "channel_type": "webhook"}
         found = worker.wait_for("delivery_worker_jobs_deferred_total", 2, **labels, reason="rate_limited")
 
