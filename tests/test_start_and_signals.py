@@ -14,11 +14,12 @@ from structlog.testing import capture_logs
 
 from delivery_worker import startup
 from delivery_worker.systemd import Notifier
+from tests.postgres import proxy_to_database
+from tests.postgres import through as via
 from tests.processes import STARTED, start_worker, wait_until, worker_env
 from tests.rows import execute, insert_channel, insert_notification_job, job
 from tests.servers.http import Reply
-from tests.servers.tcp_proxy import TcpProxy
-from tests.test_database_sessions import OutputLines, via
+from tests.test_database_sessions import OutputLines
 from tests.test_metrics_health import free_port, get
 from tests.test_systemd_notify import notify_socket, received_lines
 
@@ -45,7 +46,7 @@ def test_worker_started_with_the_database_down_waits_then_delivers_without_a_res
     sock, path = notify_socket
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
     job_id = insert_notification_job(database, channel)
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     proxy.cut()  # every connection refused: the database is "down"
     worker = start_notifying_worker(via(proxy, database), path)
     out = OutputLines(worker)
@@ -72,7 +73,7 @@ def test_worker_started_with_the_database_down_waits_then_delivers_without_a_res
 
 
 def test_sigterm_while_waiting_for_the_database_exits_0_promptly(database):
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     proxy.cut()
     worker = start_worker(via(proxy, database))
     out = OutputLines(worker)
@@ -116,7 +117,7 @@ def test_a_database_without_the_schema_is_one_loud_line_and_exit_1(empty_databas
 
 
 def test_healthz_answers_503_with_the_reason_while_the_database_is_awaited(database):
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     proxy.cut()
     port = free_port()
     worker = start_worker(via(proxy, database), metrics_port=str(port))
