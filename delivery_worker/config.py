@@ -209,12 +209,22 @@ def _bool(text: str) -> bool:
 
 
 def _networks(text: str) -> tuple[IPNetwork, ...]:
+    """Networks as written. ``10.0.0.1/8`` is refused, not read as ``10.0.0.0/8``: it may as well
+    have meant the one host ``10.0.0.1/32``, and opening 16M addresses by a guess is not safe."""
     networks = []
     for item in text.replace(",", " ").split():
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            networks.append(ipaddress.ip_network(item))
         except ValueError:
-            raise ValueError(f"not an IP network: {item!r}") from None
+            try:
+                widened = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP network: {item!r}") from None
+            host = ipaddress.ip_interface(item).ip
+            raise ValueError(
+                f"{item} has host bits set: write {widened} for the network, or {host}/{host.max_prefixlen} "
+                "for the one host"
+            ) from None
     return tuple(networks)
 
 

@@ -123,6 +123,10 @@ def run_worker(
     """
     if environment is None:
         environment = ProcessEnvironment.read(os.environ)
+    from delivery_worker.check_config import deployment_warnings  # it imports this module
+
+    for warning in deployment_warnings(settings, environment):  # what `check-config` prints
+        log.warning("config.warning", warning=warning)
     stopping = stopping or threading.Event()
     notifier = Notifier(environment.notify_socket)
     signals = StopSignals(stopping)
