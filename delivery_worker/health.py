@@ -154,6 +154,9 @@ class ReadinessCheck:
         except DatabaseRejected as exc:  # e.g. SELECT on delivery_worker_migrations revoked
             self._close()
             return "refused", "unknown", str(exc)
+        except Exception as exc:  # a probe must answer whatever went wrong; the log says what
+            self._close()
+            return "error", "unknown", f"{type(exc).__name__}: {exc}"
         if pending:
             return "ok", f"{len(pending)} migration(s) pending", f"pending migrations: {', '.join(pending)}"
         return "ok", "current", None
