@@ -25,7 +25,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -110,18 +110,18 @@ class LoopLiveness:
         pass
 
 
-@dataclass
 class ReadinessCheck:
     """Answers "can this worker deliver now?"; thread-safe (probes may overlap).
 
     The answer in the body is one word per part (``unreachable``, ``busy``, ``refused``); the
     database's own message, which names its host and port, is logged once per change instead."""
 
-    dsn: str
-    stopping: threading.Event = field(default_factory=threading.Event)
-    _conn: Connection | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _last_problem: str | None = None
+    def __init__(self, dsn: str, stopping: threading.Event | None = None) -> None:
+        self.dsn = dsn
+        self.stopping = stopping or threading.Event()
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._last_problem: str | None = None
 
     def check(self) -> ProbeResult:
         if self.stopping.is_set():

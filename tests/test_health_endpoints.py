@@ -44,7 +44,7 @@ def probe(port: int, path: str) -> tuple[int, dict[str, object]]:
 def serve(
     dsn: str, liveness: LoopLiveness | None = None, stopping: threading.Event | None = None
 ) -> HealthServer:
-    readiness = ReadinessCheck(dsn) if stopping is None else ReadinessCheck(dsn, stopping)
+    readiness = ReadinessCheck(dsn, stopping)
     return HealthServer(
         "127.0.0.1", 0, WorkerMetrics().registry, liveness or LoopLiveness(60), readiness
     ).start()
