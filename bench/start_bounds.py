@@ -5,7 +5,8 @@ connections to the metrics listener cost.
   fails with DatabaseBusy (target: ``lock_timeout``, 5 s);
 * partition: a TCP proxy between the session and PostgreSQL stops forwarding without closing;
   seconds until ``SELECT 1`` fails with DatabaseUnavailable (target: statement_timeout + 5 s = 20 s);
-* metrics: threads of the process and /healthz latency, with 0 and with 300 idle sockets open.
+* metrics: threads of the process and /readyz latency (a database round trip), with 0 and with 300
+  idle sockets open.
 
     .venv/bin/python -m bench.start_bounds
 """
@@ -22,7 +23,7 @@ import psycopg2
 
 from bench.common import execute, scratch_database
 from delivery_worker.db import DatabaseBusy, DatabaseUnavailable, connect, transaction
-from delivery_worker.health import HealthCheck, HealthServer
+from delivery_worker.health import HealthServer, LoopLiveness, ReadinessCheck
 from delivery_worker.metrics import WorkerMetrics
 from tests.servers.tcp_proxy import TcpProxy
 
@@ -51,8 +52,9 @@ def lock_seconds(dsn: str) -> float:
 
 
 def partition_seconds(dsn: str) -> float:
-    proxy = TcpProxy("127.0.0.1", 5432).start()
-    conn = connect(dsn.replace("port=5432", f"port={proxy.port}"))
+    server = psycopg2.extensions.parse_dsn(dsn)  # wherever BENCH_ADMIN_DSN points
+    proxy = TcpProxy(server.get("host") or "127.0.0.1", int(server.get("port") or 5432)).start()
+    conn = connect(psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port=str(proxy.port)))
     try:
         proxy.stall()
         started = time.monotonic()
@@ -72,7 +74,7 @@ def probe_ms(port: int) -> list[float]:
     for _ in range(PROBES):
         started = time.perf_counter()
         client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        client.request("GET", "/healthz")
+        client.request("GET", "/readyz")
         client.getresponse().read()
         client.close()
         times.append((time.perf_counter() - started) * 1000)
@@ -81,8 +83,7 @@ def probe_ms(port: int) -> list[float]:
 
 def metrics_figures(dsn: str) -> None:
     metrics = WorkerMetrics()
-    metrics.poll_ticked(database_ok=True, in_flight=0)
-    server = HealthServer("127.0.0.1", 0, metrics.registry, HealthCheck(dsn, metrics.last_poll_age, 300))
+    server = HealthServer("127.0.0.1", 0, metrics.registry, LoopLiveness(300), ReadinessCheck(dsn))
     server.start()
     try:
         quiet = probe_ms(server.port)
@@ -101,7 +102,7 @@ def metrics_figures(dsn: str) -> None:
         (f"{IDLE_SOCKETS} idle", busy, threads_busy),
     ):
         print(
-            f"metrics  {label:>9}: threads {threads:3d}  /healthz p50 {statistics.median(times):6.1f} ms"
+            f"metrics  {label:>9}: threads {threads:3d}  /readyz p50 {statistics.median(times):6.1f} ms"
             f"  max {max(times):6.1f} ms"
         )
 

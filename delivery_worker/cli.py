@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -11,7 +12,7 @@ import psycopg2
 import structlog
 
 from delivery_worker import __version__
-from delivery_worker.config import ConfigError, Settings, load_settings, redacted_view
+from delivery_worker.config import ConfigError, Settings, load_settings
 from delivery_worker.db import OPERATOR_SESSION, DatabaseRejected, DatabaseUnavailable, connect
 from delivery_worker.lease_check import lease_problem
 from delivery_worker.logs import configure_logging
@@ -66,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 once no job is due and none is in flight",
     )
 
-    commands.add_parser(
+    check = commands.add_parser(
         "check-config",
-        help="validate the configuration and print it with secrets masked",
-        description="Exit 0 if the configuration is valid, else exit 2 with one line naming the key.",
+        help="validate the configuration; print it (secrets masked) and the metrics listener",
+        description="Exit 0 if the configuration is valid (deployment warnings on stderr), else exit 2 "
+        "with one line naming the key.",
     )
+    check.add_argument("--json", action="store_true", help="one JSON document on stdout")
     for add_parser, _ in OPERATOR_COMMANDS.values():
         add_parser(commands)
     return parser
@@ -81,26 +84,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"delivery-worker: config error: {exc}", file=sys.stderr)
+        config_error(str(exc), args)
         return EXIT_CONFIG
     configure_logging(settings.logging.level)
 
     if args.command in OPERATOR_COMMANDS:
         return operator_command(settings, args)
     if args.command in ("check-config", "run") and (problem := lease_problem(settings.worker)):
-        print(f"delivery-worker: config error: {problem}", file=sys.stderr)
+        config_error(problem, args)
         return EXIT_CONFIG
     if args.command == "check-config":
-        return check_config(settings)
+        from delivery_worker.check_config import check_config
+
+        return check_config(settings, os.environ, as_json=args.json)
     if args.command == "migrate":
         return migrate(settings, create_database=args.create_database)
     return run(settings, drain=args.drain)
 
 
-def check_config(settings: Settings) -> int:
-    print(f"config OK ({settings.source})")
-    print(json.dumps(redacted_view(settings), indent=2))
-    return EXIT_OK
+def config_error(message: str, args: argparse.Namespace) -> None:
+    """One line on stderr; `check-config --json` also prints the verdict on stdout."""
+    print(f"delivery-worker: config error: {message}", file=sys.stderr)
+    if args.command == "check-config" and args.json:
+        print(json.dumps({"ok": False, "error": message}))
 
 
 def migrate(settings: Settings, *, create_database: bool) -> int:

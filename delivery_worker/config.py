@@ -3,15 +3,19 @@
 Precedence, lowest first: built-in defaults, the INI file, the legacy variables the platform already
 uses (``DATABASE_URL``, ``WORKER_MAX_ATTEMPTS``, ``WORKER_BACKOFF_BASE_SECONDS``,
 ``WORKER_BACKOFF_MAX_SECONDS``), then the general form ``DELIVERY_WORKER_<SECTION>_<KEY>`` for every
-key (e.g. ``DELIVERY_WORKER_WORKER_THREADS=16``). Nothing below this module reads the environment or
-the file again.
+key (e.g. ``DELIVERY_WORKER_WORKER_THREADS=16``). Any other ``DELIVERY_WORKER_*`` variable is an error
+(a typo would otherwise be silently ignored), except ``DELIVERY_WORKER_CONFIG`` and the service links
+Kubernetes injects for a Service named ``delivery-worker…``. Nothing below this module reads the
+environment or the file again.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,12 @@ from channels.settings import (
 DEFAULT_CONFIG_PATH = Path("config/worker.ini")
 CONFIG_PATH_ENV = "DELIVERY_WORKER_CONFIG"
 GENERAL_ENV_PREFIX = "DELIVERY_WORKER_"
+# DELIVERY_WORKER_* variables that are read but name no setting.
+OTHER_ENV = frozenset({CONFIG_PATH_ENV})
+# What Kubernetes injects for a Service (after the service's name, upper-cased, "-" as "_").
+SERVICE_LINK_SUFFIX = re.compile(
+    r"_SERVICE_HOST|_SERVICE_PORT(?:_\w+)?|_PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)?"
+)
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
 LEGACY_ENV = {
@@ -200,12 +210,22 @@ def _bool(text: str) -> bool:
 
 
 def _networks(text: str) -> tuple[IPNetwork, ...]:
+    """Networks as written. ``10.0.0.1/8`` is refused, not read as ``10.0.0.0/8``: it may as well
+    have meant the one host ``10.0.0.1/32``, and opening 16M addresses by a guess is not safe."""
     networks = []
     for item in text.replace(",", " ").split():
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            networks.append(ipaddress.ip_network(item))
         except ValueError:
-            raise ValueError(f"not an IP network: {item!r}") from None
+            try:
+                widened = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP network: {item!r}") from None
+            host = ipaddress.ip_interface(item).ip
+            raise ValueError(
+                f"{item} has host bits set: write {widened} for the network, or {host}/{host.max_prefixlen} "
+                "for the one host"
+            ) from None
     return tuple(networks)
 
 
@@ -401,19 +421,52 @@ def _merge_file(path: Path, raw: dict[str, dict[str, str]], origin: dict[tuple[s
 def _merge_general_env(
     env: Mapping[str, str], raw: dict[str, dict[str, str]], origin: dict[tuple[str, str], str]
 ) -> None:
+    links = kubernetes_service_links(env)
     for variable, value in env.items():
         if not variable.startswith(GENERAL_ENV_PREFIX):
             continue
         rest = variable[len(GENERAL_ENV_PREFIX) :].lower()
         sections = [name for name in SCHEMA if rest.startswith(f"{name}_")]
-        if not sections:
-            continue  # e.g. DELIVERY_WORKER_CONFIG
-        section = max(sections, key=len)
-        key = rest[len(section) + 1 :]
-        if key not in SCHEMA[section]:
-            raise ConfigError(f"${variable}: [{section}] {key}: unknown key")
-        raw[section][key] = value
-        origin[(section, key)] = f"${variable}"
+        section = max(sections, key=len) if sections else None
+        key = rest[len(section) + 1 :] if section else ""
+        if section is not None and key in SCHEMA[section]:
+            raw[section][key] = value
+            origin[(section, key)] = f"${variable}"
+        elif variable not in OTHER_ENV and variable not in links:
+            raise ConfigError(_unknown_variable(variable, section, key))
+
+
+def _unknown_variable(variable: str, section: str | None, key: str) -> str:
+    """One line naming the variable, the nearest real one, and what would be valid."""
+    sections = [section] if section is not None else list(SCHEMA)
+    candidates = [f"{GENERAL_ENV_PREFIX}{s}_{k}".upper() for s in sections for k in SCHEMA[s]]
+    if section is None:
+        candidates += OTHER_ENV
+    close = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.8)
+    hint = f"; did you mean ${close[0]}?" if close else ""
+    if section is not None:
+        return f"${variable}: [{section}] {key}: unknown key{hint} (known: {', '.join(SCHEMA[section])})"
+    return (
+        f"${variable}: unknown variable{hint} (expected {GENERAL_ENV_PREFIX}<SECTION>_<KEY>, "
+        f"sections: {', '.join(SCHEMA)})"
+    )
+
+
+def kubernetes_service_links(env: Mapping[str, str]) -> set[str]:
+    """The variables Kubernetes injects for Services named ``delivery-worker…`` (e.g.
+    ``DELIVERY_WORKER_SERVICE_HOST``, ``DELIVERY_WORKER_PORT``): ignored, not typos. A Service is
+    recognised by its ``<NAME>_SERVICE_HOST``, which Kubernetes always sets."""
+    services = [
+        name.removesuffix("_SERVICE_HOST")
+        for name in env
+        if name.startswith(GENERAL_ENV_PREFIX[:-1]) and name.endswith("_SERVICE_HOST")
+    ]
+    return {
+        name
+        for name in env
+        for service in services
+        if name.startswith(service) and SERVICE_LINK_SUFFIX.fullmatch(name[len(service) :])
+    }
 
 
 def redacted_view(settings: Settings) -> dict[str, dict[str, Any]]:

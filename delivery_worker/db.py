@@ -87,7 +87,7 @@ class SessionLimits:
 # The worker's own statements take milliseconds (claiming 32 jobs among 1M finished rows: ~8 ms), so
 # 15 s is three orders of magnitude of headroom; a lock held by another session is given 5 s.
 WORKER_SESSION = SessionLimits(statement_timeout=15, lock_timeout=5, idle_in_transaction_timeout=60)
-# /healthz must answer a probe quickly.
+# /readyz must answer a probe quickly.
 PROBE_SESSION = SessionLimits(statement_timeout=2, lock_timeout=1, idle_in_transaction_timeout=10)
 # migrate and the operator commands (prune of millions of rows) may legitimately run for minutes and
 # wait for the worker's row locks; they keep a lock_timeout so a stuck lock is reported, not waited on.

@@ -21,7 +21,7 @@ from delivery_worker.config import Settings
 from delivery_worker.db import DatabaseUnavailable
 from delivery_worker.delivery import Deliverer
 from delivery_worker.destinations import DestinationGuard
-from delivery_worker.health import HealthCheck, HealthServer, staleness_bound
+from delivery_worker.health import HealthServer, LoopLiveness, ReadinessCheck, staleness_bound
 from delivery_worker.metrics import QueueSampler, WorkerMetrics
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.poller import Poller
@@ -45,7 +45,7 @@ class CannotListen(Exception):
 class ProcessEnvironment:
     """What the process manager tells the worker through the environment, read once at start."""
 
-    port: int | None = None  # $PORT (Heroku and similar): serve /metrics and /healthz on it
+    port: int | None = None  # $PORT (Heroku and similar): serve /metrics and the probes on it
     notify_socket: str | None = None  # $NOTIFY_SOCKET (systemd Type=notify)
     watchdog_usec: str | None = None  # $WATCHDOG_USEC (systemd WatchdogSec=)
     watchdog_pid: str | None = None  # $WATCHDOG_PID: the process the watchdog is meant for
@@ -76,20 +76,24 @@ def listen_address(settings: Settings, environment: ProcessEnvironment) -> tuple
 
 
 class Monitoring:
-    """The metrics, the thread sampling queue depth, and the HTTP listener serving both."""
+    """The metrics, the thread sampling queue depth, the liveness the loop ticks, and the HTTP
+    listener serving /metrics, /livez, /readyz and /healthz."""
 
-    def __init__(self, settings: Settings, address: tuple[str, int], channel_types: list[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        address: tuple[str, int],
+        channel_types: list[str],
+        stopping: threading.Event,
+    ) -> None:
         self.metrics = WorkerMetrics(channel_types)
-        health = HealthCheck(
-            settings.database.dsn,
-            self.metrics.last_poll_age,
-            stale_after=staleness_bound(settings.worker.poll_interval),
-        )
+        self.liveness = LoopLiveness(staleness_bound(settings.worker.poll_interval))
+        readiness = ReadinessCheck(settings.database.dsn, stopping)
         host, port = address
         try:
-            self.server = HealthServer(host, port, self.metrics.registry, health)
+            self.server = HealthServer(host, port, self.metrics.registry, self.liveness, readiness)
         except OSError as exc:
-            raise CannotListen(f"cannot listen on {host}:{port} for /metrics and /healthz: {exc}") from None
+            raise CannotListen(f"cannot listen on {host}:{port} for /metrics and the probes: {exc}") from None
         self.sampler = QueueSampler(
             self.metrics,
             settings.database.dsn,
@@ -122,6 +126,10 @@ def run_worker(
     """
     if environment is None:
         environment = ProcessEnvironment.read(os.environ)
+    from delivery_worker.check_config import deployment_warnings  # it imports this module
+
+    for warning in deployment_warnings(settings, environment):  # what `check-config` prints
+        log.warning("config.warning", warning=warning)
     stopping = stopping or threading.Event()
     notifier = Notifier(environment.notify_socket)
     signals = StopSignals(stopping)
@@ -131,10 +139,12 @@ def run_worker(
     monitoring: Monitoring | None = None
     try:
         address = listen_address(settings, environment)
-        if address is not None:  # listen first: /healthz says 503 (and why) while the database is awaited
-            monitoring = Monitoring(settings, address, registry.types)
+        # Listen first: while the database is awaited /readyz says 503 and /livez 200.
+        if address is not None:
+            monitoring = Monitoring(settings, address, registry.types, stopping)
             monitoring.start()
-        if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain):
+        alive = monitoring.liveness.tick if monitoring is not None else None
+        if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain, alive=alive):
             signals.log_received()
             log.info("worker.stopped", reason="signal while waiting for the database")
             return
@@ -150,7 +160,7 @@ def run_worker(
         ]
         guard = DestinationGuard(settings.rate_limits, settings.circuit_breaker)
         if monitoring is not None:
-            observers.append(monitoring.metrics)
+            observers += [monitoring.metrics, monitoring.liveness]
             monitoring.metrics.watch_circuits(guard.open_circuits)
         deliverer = Deliverer(
             registry,

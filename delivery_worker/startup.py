@@ -37,14 +37,19 @@ def wait_for_database(
     notifier: Notifier,
     *,
     clock: Callable[[], float] = time.monotonic,
+    alive: Callable[[], None] | None = None,
 ) -> Connection | None:
-    """A connection once the database answers, or None if ``stopping`` was set first."""
+    """A connection once the database answers, or None if ``stopping`` was set first.
+
+    ``alive`` is called on every try: waiting is this worker working as it should (/livez)."""
     delay = FIRST_RETRY_SECONDS
     since: float | None = None
     next_log = 0.0
     attempts = 0
     while not stopping.is_set():
         attempts += 1
+        if alive is not None:
+            alive()
         try:
             conn = connect(dsn)
         except DatabaseUnavailable as exc:
@@ -82,12 +87,19 @@ def check_schema(conn: Connection) -> None:
     check_run_privileges(conn)
 
 
-def connect_and_check(dsn: str, stopping: threading.Event, notifier: Notifier, *, wait: bool) -> bool:
+def connect_and_check(
+    dsn: str,
+    stopping: threading.Event,
+    notifier: Notifier,
+    *,
+    wait: bool,
+    alive: Callable[[], None] | None = None,
+) -> bool:
     """Wait for the database (or, without ``wait``, try once) and check it. False: stopped while waiting.
 
     Raises DatabaseUnavailable (only without ``wait``), SchemaNotReady or MissingPrivileges."""
     while True:
-        conn = wait_for_database(dsn, stopping, notifier) if wait else connect(dsn)
+        conn = wait_for_database(dsn, stopping, notifier, alive=alive) if wait else connect(dsn)
         if conn is None:
             return False
         try:

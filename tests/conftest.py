@@ -16,11 +16,10 @@ import pytest
 from delivery_worker.db import connect
 from delivery_worker.migrate import apply_migrations
 from tests.ops_cli import cli  # noqa: F401  (the operator-command fixture, shared)
+from tests.postgres import ADMIN_DSN
 from tests.processes import kill_leftover_workers
 from tests.rows import execute
 from tests.servers.http import RecordingServer
-
-ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://127.0.0.1:5432/postgres")
 
 
 def dsn_for(name: str) -> str:
@@ -49,13 +48,18 @@ def drop_database(name: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
-    name = f"dw_template_{os.getpid()}"
+    # pid alone collides across containers (pid namespaces) and with pid reuse; the suffix does not.
+    name = f"dw_template_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     dsn = create_database(name)
-    conn = connect(dsn)
-    apply_migrations(conn)
-    conn.close()
-    yield name
-    drop_database(name)
+    try:
+        conn = connect(dsn)
+        try:
+            apply_migrations(conn)
+        finally:
+            conn.close()
+        yield name
+    finally:
+        drop_database(name)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import psycopg2
 import pytest
 
 from delivery_worker.db import DatabaseBusy, DatabaseUnavailable, connect, transaction
+from tests.postgres import proxy_to_database, through
 from tests.processes import start_worker, wait_until
 from tests.rows import execute, insert_channel, insert_notification_job, job
 from tests.servers.http import Reply
@@ -38,13 +39,12 @@ class OutputLines:
 
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     yield proxy
     proxy.stop()
 
 
-def via(proxy: TcpProxy, dsn: str) -> str:
-    return dsn.replace("port=5432", f"port={proxy.port}")
+via = through  # the DSN of a test database, routed through the proxy
 
 
 def test_worker_sessions_carry_timeouts_and_keepalives(database):

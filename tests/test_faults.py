@@ -237,11 +237,11 @@ def test_400_fails_500_retries_429_honours_retry_after(database, http_server):
 
 def test_worker_keeps_running_while_the_database_is_unreachable(database, http_server):
     """Start-up needs the database; afterwards an outage is survived (connections refused by a proxy)."""
-    from tests.servers.tcp_proxy import TcpProxy
+    from tests.postgres import proxy_to_database, through
 
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
-    proxy = TcpProxy("127.0.0.1", 5432).start()
-    proxied = database.replace("port=5432", f"port={proxy.port}")
+    proxy = proxy_to_database()
+    proxied = through(proxy, database)
     worker = start_worker(proxied)
     try:
         insert_notification_job(database, channel)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 
 from delivery_worker.listener import NotificationListener
+from tests.postgres import proxy_to_database
+from tests.postgres import through as via
 from tests.processes import wait_until
 from tests.rows import execute
-from tests.servers.tcp_proxy import TcpProxy
-from tests.test_database_sessions import via
 
 
 def test_listener_reconnects_after_a_silent_partition_and_wakes_again(database):
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     wake, stopping = threading.Event(), threading.Event()
     listener = NotificationListener(via(proxy, database), wake, stopping, liveness_seconds=0.5).start()
     try:

@@ -12,7 +12,13 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from delivery_worker.bounded_http import BoundedHTTPServer
-from delivery_worker.health import HANDLER_THREADS, MAX_CONNECTIONS, HealthCheck, HealthServer
+from delivery_worker.health import (
+    HANDLER_THREADS,
+    MAX_CONNECTIONS,
+    HealthServer,
+    LoopLiveness,
+    ReadinessCheck,
+)
 from delivery_worker.metrics import WorkerMetrics
 from tests.test_metrics_health import get
 
@@ -20,18 +26,17 @@ from tests.test_metrics_health import get
 @pytest.fixture
 def health_server(database: str) -> Iterator[HealthServer]:
     metrics = WorkerMetrics()
-    metrics.poll_ticked(database_ok=True, in_flight=0)
-    server = HealthServer("127.0.0.1", 0, metrics.registry, HealthCheck(database, metrics.last_poll_age, 30))
+    server = HealthServer("127.0.0.1", 0, metrics.registry, LoopLiveness(30), ReadinessCheck(database))
     server.start()
     yield server
     server.stop()
 
 
-def test_300_idle_connections_hold_no_threads_and_healthz_answers(health_server: HealthServer):
+def test_300_idle_connections_hold_no_threads_and_readyz_answers(health_server: HealthServer):
     threads_before = threading.active_count()
     idle = [socket.create_connection(("127.0.0.1", health_server.port), timeout=10) for _ in range(300)]
     try:
-        status, body = get(f"http://127.0.0.1:{health_server.port}/healthz")
+        status, body = get(f"http://127.0.0.1:{health_server.port}/readyz")
         metrics_status, text = get(f"http://127.0.0.1:{health_server.port}/metrics")
 
         assert status == 200 and json.loads(body)["status"] == "ok"

@@ -23,6 +23,7 @@ import pytest
 
 from delivery_worker.jobs import Job, Outcome, Table, Verdict
 from delivery_worker.spool import SpooledOutcome, from_line, to_line
+from tests.postgres import proxy_to_database, through
 from tests.processes import start_worker, wait_until
 from tests.rows import execute, insert_channel, insert_notification_job, job, log_rows
 from tests.servers.http import Reply
@@ -53,14 +54,10 @@ class FreezingProxy(TcpProxy):
 
 @pytest.fixture
 def proxy() -> Iterator[FreezingProxy]:
-    started = FreezingProxy("127.0.0.1", 5432).start()
+    started = proxy_to_database(FreezingProxy)
     yield started
     started.frozen.clear()
     started.stop()
-
-
-def through(proxy: TcpProxy, dsn: str) -> str:
-    return dsn.replace("port=5432", f"port={proxy.port}")
 
 
 def statuses(dsn: str) -> dict[str, int]:

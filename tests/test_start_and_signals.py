@@ -3,7 +3,6 @@ SIGHUP is a graceful stop."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,12 +13,13 @@ from structlog.testing import capture_logs
 
 from delivery_worker import startup
 from delivery_worker.systemd import Notifier
+from tests.postgres import proxy_to_database
+from tests.postgres import through as via
 from tests.processes import STARTED, start_worker, wait_until, worker_env
 from tests.rows import execute, insert_channel, insert_notification_job, job
 from tests.servers.http import Reply
-from tests.servers.tcp_proxy import TcpProxy
-from tests.test_database_sessions import OutputLines, via
-from tests.test_metrics_health import free_port, get
+from tests.test_database_sessions import OutputLines
+from tests.test_metrics_health import free_port
 from tests.test_systemd_notify import notify_socket, received_lines
 
 __all__ = ["notify_socket"]  # a fixture, used by name
@@ -45,7 +45,7 @@ def test_worker_started_with_the_database_down_waits_then_delivers_without_a_res
     sock, path = notify_socket
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
     job_id = insert_notification_job(database, channel)
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     proxy.cut()  # every connection refused: the database is "down"
     worker = start_notifying_worker(via(proxy, database), path)
     out = OutputLines(worker)
@@ -72,7 +72,7 @@ def test_worker_started_with_the_database_down_waits_then_delivers_without_a_res
 
 
 def test_sigterm_while_waiting_for_the_database_exits_0_promptly(database):
-    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxy = proxy_to_database()
     proxy.cut()
     worker = start_worker(via(proxy, database))
     out = OutputLines(worker)
@@ -113,24 +113,6 @@ def test_a_database_without_the_schema_is_one_loud_line_and_exit_1(empty_databas
     assert worker.returncode == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "run `delivery-worker migrate`" in lines[0]
-
-
-def test_healthz_answers_503_with_the_reason_while_the_database_is_awaited(database):
-    proxy = TcpProxy("127.0.0.1", 5432).start()
-    proxy.cut()
-    port = free_port()
-    worker = start_worker(via(proxy, database), metrics_port=str(port))
-    out = OutputLines(worker)
-    try:
-        assert wait_until(lambda: out.count("database.waiting") == 1)
-        status, body = get(f"http://127.0.0.1:{port}/healthz")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=20)
-        proxy.stop()
-    assert status == 503
-    assert json.loads(body)["database"].startswith("cannot connect to")
-    assert worker.returncode == 0
 
 
 def test_database_waiting_is_logged_at_once_then_at_most_once_a_minute(monkeypatch):
