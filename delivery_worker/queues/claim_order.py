@@ -155,10 +155,13 @@ def ordered_claim(table: Table, destination: str, chosen_columns: str, update: s
 # Which pause (delivery_worker_pauses.scope) stops a table's destination; a tenant's pause stops both.
 PAUSE_SCOPE = {Table.NOTIFICATION_JOBS: "channel", Table.DELIVERY_JOBS: "integration"}
 
-# True unless the tenant or the destination is paused: one primary-key probe of a tiny table.
-_NOT_PAUSED = """NOT EXISTS (
-        SELECT 1 FROM delivery_worker_pauses AS p
-        WHERE (p.scope, p.target) IN (('tenant', {tenant}), ('{scope}', {destination}::text)))"""
+# True unless the tenant or the destination is paused. NOT IN over an uncorrelated list is a hashed
+# subplan: the few pause rows are read once per claim and each destination with due work costs one
+# hash probe, before any of its jobs is read. (COALESCE: a NULL never matches, and is never paused.)
+_NOT_PAUSED = """COALESCE({tenant}, '') NOT IN (
+            SELECT target FROM delivery_worker_pauses WHERE scope = 'tenant')
+      AND COALESCE({destination}::text, '') NOT IN (
+            SELECT target FROM delivery_worker_pauses WHERE scope = '{scope}')"""
 
 
 def not_paused(table: Table, tenant: str, destination: str) -> str:
