@@ -388,3 +388,24 @@ def test_attempt_history_goes_with_its_job(database: str, http_server: Recording
     execute(database, "DELETE FROM notification_jobs WHERE job_id = %s", (notification,))
 
     assert attempts_of(database, notification) == []
+
+
+def test_an_attempt_lost_with_its_worker_is_in_the_history(
+    database: str, http_server: RecordingServer
+) -> None:
+    channel = insert_channel(database, "webhook", {"url": http_server.url("/n")})
+    notification = insert_notification_job(database, channel)
+    execute(  # as a worker that died mid-attempt leaves it
+        database,
+        "UPDATE notification_jobs SET status = 'PROCESSING', lease_expires_at = now() - interval '1 minute'"
+        " WHERE job_id = %s",
+        (notification,),
+    )
+
+    drain(database)
+
+    assert status(database, "notification_jobs", notification) == "COMPLETED"
+    assert [(a["attempt_no"], a["outcome"]) for a in attempts_of(database, notification)] == [
+        (1, "lease_lost"),
+        (2, "completed"),
+    ]
