@@ -17,6 +17,7 @@ import argparse
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from delivery_worker.config import Settings
@@ -203,11 +204,11 @@ def _report(action: str, pause: dict[str, Any], *, as_json: bool) -> int:
     if as_json:
         print_json({"action": action.replace(" ", "_"), **pause})
     else:
-        waiting = f"{pause['pending']} PENDING job(s), {pause['due']} due now"
-        since = pause["paused_at"].isoformat(timespec="seconds")
+        waiting = f"{pause['pending']} PENDING job(s) ({pause['due']} due now)"
+        since = pause["paused_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         what = f"{pause['scope']} {pause['target']}"
         if action == "resumed":
-            print(f"resumed {what} (paused since {since}): {waiting}, claimed at once")
+            print(f"resumed {what} (paused since {since}): {waiting} may be claimed at once")
         else:
             print(f"{action} {what} since {since}: {waiting} wait")
     return EXIT_OK
