@@ -162,6 +162,8 @@ def test_paused_tenant_holds_both_tables_and_drain_still_ends(
     )
     assert job(database, "notification_jobs", held)["attempts"] == 0
     assert cli("pause", "--tenant", "tenant-a").out.startswith("already paused tenant tenant-a")
+    shown = cli("show", "--table", "delivery_jobs", str(held_delivery), "--json").json()["jobs"][0]
+    assert [(p["scope"], p["target"]) for p in shown["destination"]["paused"]] == [("tenant", "tenant-a")]
 
     assert cli("resume", "--tenant", "tenant-a").code == 0
     drain(database)
