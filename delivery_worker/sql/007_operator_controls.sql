@@ -5,8 +5,8 @@
 -- One row per paused channel (target = channel_id), integration (target = integration_id, the
 -- canonical lower-case UUID text) or tenant (target = tenant_id). The claim skips due jobs whose
 -- destination or tenant has a row here; they stay PENDING with attempts unchanged (unspent) and are
--- claimed as soon as the row is gone (`delivery-worker resume`). A handful of rows at most: the
--- claim probes it by primary key once per destination with due work.
+-- claimed as soon as the row is gone (`delivery-worker resume`). A handful of rows: each claim reads
+-- them once (by the primary key's scope prefix) into a hash it checks every busy destination against.
 CREATE TABLE IF NOT EXISTS delivery_worker_pauses (
     scope TEXT NOT NULL CHECK (scope IN ('channel', 'integration', 'tenant')),
     target TEXT NOT NULL,
