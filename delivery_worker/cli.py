@@ -16,7 +16,7 @@ from delivery_worker.config import ConfigError, Settings, load_settings
 from delivery_worker.db import OPERATOR_SESSION, DatabaseRejected, DatabaseUnavailable, connect
 from delivery_worker.lease_check import lease_problem
 from delivery_worker.logs import configure_logging
-from delivery_worker.ops import demo, prune, requeue, send_test, stats
+from delivery_worker.ops import cancel, demo, pause, prune, replay, requeue, send_test, show, stats
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -28,6 +28,11 @@ OPERATOR_COMMANDS: dict[str, tuple[Callable[..., None], Callable[[Settings, argp
     "requeue": (requeue.add_parser, requeue.run),
     "prune": (prune.add_parser, prune.run),
     "send-test": (send_test.add_parser, send_test.run),
+    "show": (show.add_parser, show.run),
+    "replay": (replay.add_parser, replay.run),
+    "cancel": (cancel.add_parser, cancel.run),
+    "pause": (pause.add_pause_parser, pause.run_pause),
+    "resume": (pause.add_resume_parser, pause.run_resume),
     "demo": (demo.add_parser, demo.run),
 }
 

@@ -19,9 +19,15 @@ RUN_PRIVILEGES: tuple[tuple[str, str], ...] = (
     ("integrations", "SELECT"),
     ("notification_log", "INSERT"),
     ("delivery_attempts", "INSERT"),
+    ("notification_job_attempts", "INSERT"),
+    ("delivery_worker_pauses", "SELECT"),
     ("delivery_worker_migrations", "SELECT"),
 )
-RUN_SEQUENCES: tuple[str, ...] = ("notification_log_log_id_seq", "delivery_attempts_attempt_id_seq")
+RUN_SEQUENCES: tuple[str, ...] = (
+    "notification_log_log_id_seq",
+    "delivery_attempts_attempt_id_seq",
+    "notification_job_attempts_attempt_id_seq",
+)
 
 CHECK = """
 SELECT t.name, t.privilege, has_table_privilege(t.name, t.privilege)

@@ -91,9 +91,11 @@ def no_leftover_workers() -> Iterator[None]:
 RUN_GRANTS = """
 GRANT USAGE ON SCHEMA public TO {role};
 GRANT SELECT, UPDATE ON notification_jobs, delivery_jobs TO {role};
-GRANT SELECT ON notification_channels, integrations, delivery_worker_migrations TO {role};
-GRANT INSERT ON notification_log, delivery_attempts TO {role};
-GRANT USAGE ON SEQUENCE notification_log_log_id_seq, delivery_attempts_attempt_id_seq TO {role};
+GRANT SELECT ON notification_channels, integrations, delivery_worker_migrations, delivery_worker_pauses
+    TO {role};
+GRANT INSERT ON notification_log, delivery_attempts, notification_job_attempts TO {role};
+GRANT USAGE ON SEQUENCE notification_log_log_id_seq, delivery_attempts_attempt_id_seq,
+    notification_job_attempts_attempt_id_seq TO {role};
 """
 
 

@@ -34,6 +34,7 @@ def test_run_completes_jobs_under_the_documented_grants(database, http_server, r
     assert job(database, "delivery_jobs", delivery_job)["status"] == "COMPLETED"
     assert len(execute(database, "SELECT * FROM notification_log")) == 2
     assert len(execute(database, "SELECT * FROM delivery_attempts")) == 1
+    assert len(execute(database, "SELECT * FROM notification_job_attempts")) == 2
 
 
 def test_missing_grant_is_one_clear_line_not_a_traceback(database, runner_role):

@@ -171,6 +171,13 @@ def test_a_refused_digest_is_retried_per_job_then_delivered(database, http_serve
     assert [r["attempts"] for r in attempts] == [1] * 6
     for job_id in jobs:
         assert [row["success"] for row in log_rows(database, job_id)] == [True]
+        history = execute(
+            database,
+            "SELECT attempt_no, outcome, http_status FROM notification_job_attempts"
+            " WHERE job_id = %s ORDER BY attempt_id",
+            (job_id,),
+        )
+        assert [tuple(row.values()) for row in history] == [(1, "retry", 500), (2, "completed", 200)]
     (failed,) = [line for line in logs if line["event"] == "digest.failed"]
     assert failed["outcomes"] == {"retry": 6, "failed": 0} and "500" in failed["error"]
 

@@ -11,6 +11,9 @@
   is visible as open to every claim.
 - **A share per destination.** One channel or integration gets at most ``max_in_flight_per_destination``
   jobs running in this worker: a claim gives it that cap minus what this worker already runs there.
+- **Paused destinations and tenants wait.** A destination whose channel, integration or tenant has a
+  row in ``delivery_worker_pauses`` (`delivery-worker pause`) gets no room: its jobs stay PENDING,
+  attempts unchanged, and are claimed as soon as the pause is lifted.
 
 Why this shape (a loose index scan, a LATERAL per destination, a rank over a bounded candidate set)
 rather than one ``ORDER BY`` over all due rows: the candidates read are at most min(cap, batch)
@@ -78,11 +81,13 @@ WITH RECURSIVE destinations AS (
 ),
 room AS (
     -- What each destination may still take: its cap minus what this worker runs there now.
+    -- A paused destination or tenant (`delivery-worker pause`) takes nothing: its jobs wait, unspent.
     SELECT d.tenant_id, d.destination,
            GREATEST(LEAST(%(limit)s, %(cap)s - COALESCE(busy.running, 0)), 0) AS free
     FROM destinations AS d
     LEFT JOIN unnest(%(busy_keys)s::text[], %(busy_counts)s::int[]) AS busy (destination, running)
            ON busy.destination = d.destination::text
+    WHERE {not_paused}
 ),
 candidates AS (
     -- Each destination's best jobs: the union of its oldest and its most severe, each read in
@@ -142,8 +147,61 @@ def ordered_claim(table: Table, destination: str, chosen_columns: str, update: s
         destination=destination,
         due_jobs_of_r=due_jobs,
         chosen_columns=chosen_columns,
+        not_paused=not_paused(table, "d.tenant_id", "d.destination"),
     )
     return head + update
+
+
+# Which pause (delivery_worker_pauses.scope) stops a table's destination; a tenant's pause stops both.
+PAUSE_SCOPE = {Table.NOTIFICATION_JOBS: "channel", Table.DELIVERY_JOBS: "integration"}
+
+# True unless the tenant or the destination is paused. NOT IN over an uncorrelated list is a hashed
+# subplan: the few pause rows are read once per claim and each destination with due work costs one
+# hash probe, before any of its jobs is read. (COALESCE: a NULL never matches, and is never paused.)
+_NOT_PAUSED = """COALESCE({tenant}, '') NOT IN (
+            SELECT target FROM delivery_worker_pauses WHERE scope = 'tenant')
+      AND COALESCE({destination}::text, '') NOT IN (
+            SELECT target FROM delivery_worker_pauses WHERE scope = '{scope}')"""
+
+
+def not_paused(table: Table, tenant: str, destination: str) -> str:
+    """The SQL condition "neither ``tenant`` nor ``destination`` (SQL expressions) is paused"."""
+    return _NOT_PAUSED.format(scope=PAUSE_SCOPE[table], tenant=tenant, destination=destination)
+
+
+# Whether a claim could find anything: some (tenant, destination) with due work that is not paused.
+# It walks the destinations as the claim does (one index probe each) and stops at the first one
+# not paused, so jobs waiting behind a pause cost one probe per paused destination, not per job.
+_ANY_DUE_UNPAUSED = """
+WITH RECURSIVE destinations AS (
+    (SELECT tenant_id, {destination} AS destination
+     FROM {table}
+     WHERE status = 'PENDING' AND next_run_at <= now()
+     ORDER BY tenant_id, {destination}
+     LIMIT 1)
+    UNION ALL
+    SELECT next.tenant_id, next.destination
+    FROM destinations AS d
+    CROSS JOIN LATERAL (
+        SELECT tenant_id, {destination} AS destination
+        FROM {table}
+        WHERE status = 'PENDING' AND next_run_at <= now()
+          AND (tenant_id, {destination}) > (d.tenant_id, d.destination)
+        ORDER BY tenant_id, {destination}
+        LIMIT 1
+    ) AS next
+)
+SELECT EXISTS (SELECT 1 FROM destinations AS d WHERE {not_paused})
+"""
+
+
+def any_due_unpaused(table: Table, destination: str) -> str:
+    """The table's "is any job due that a claim may take?" statement (``run --drain`` ends on no)."""
+    return _ANY_DUE_UNPAUSED.format(
+        table=table.value,
+        destination=destination,
+        not_paused=not_paused(table, "d.tenant_id", "d.destination"),
+    )
 
 
 @dataclass(frozen=True)
@@ -213,6 +271,7 @@ class ClaimsInOrder:
 
     table: Table
     claim_sql: str
+    any_due_sql: str  # any_due_unpaused(...)
     lease_seconds: float
     order: ClaimOrder
 
@@ -236,6 +295,13 @@ class ClaimsInOrder:
             },
         )
         return [self.job_from_row(row) for row in cur.fetchall()]
+
+    def has_due(self, cur: cursor) -> bool:
+        """Whether any due PENDING job could be claimed now (claimable or not by this worker):
+        jobs of a paused channel, integration or tenant do not count."""
+        cur.execute(self.any_due_sql)
+        row = cur.fetchone()
+        return bool(row and row[0])
 
     def job_from_row(self, row: tuple[Any, ...]) -> Job:
         raise NotImplementedError

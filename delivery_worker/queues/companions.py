@@ -16,6 +16,7 @@ from __future__ import annotations
 from psycopg2.extensions import cursor
 
 from delivery_worker.jobs import Job, Table
+from delivery_worker.queues.claim_order import not_paused
 from delivery_worker.queues.status import LeasedQueue
 
 DESTINATION_COLUMN = {Table.NOTIFICATION_JOBS: "channel_id", Table.DELIVERY_JOBS: "integration_id"}
@@ -30,6 +31,7 @@ WITH chosen AS (
     FROM {table} AS j
     WHERE j.status = 'PENDING' AND j.next_run_at <= now()
       AND j.{destination} = %(destination)s::{destination_type} AND j.tenant_id = %(tenant_id)s
+      AND {not_paused}
       AND NOT EXISTS (
           SELECT 1 FROM {table} AS earlier
           WHERE earlier.tenant_id = j.tenant_id AND earlier.alert_id = j.alert_id
@@ -58,6 +60,7 @@ def companions_sql(queue: LeasedQueue) -> str:
         destination_type=DESTINATION_TYPE[table],
         earlier_rank=EVENT_RANK.format(e="earlier"),
         rank=EVENT_RANK.format(e="j"),
+        not_paused=not_paused(table, "j.tenant_id", "j." + DESTINATION_COLUMN[table]),
     )
     return head + claimed_rows_tail(queue.claim_sql)
 

@@ -13,7 +13,7 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.queues.claim_order import ClaimOrder, ClaimsInOrder, ordered_claim
+from delivery_worker.queues.claim_order import ClaimOrder, ClaimsInOrder, any_due_unpaused, ordered_claim
 from delivery_worker.queues.json_columns import JsonColumns
 from delivery_worker.queues.status import LEASE_LOST_ERROR, LeasedQueue, clip, record_statuses
 from delivery_worker.retry import RetryPolicy
@@ -105,6 +105,7 @@ JSON_COLUMNS = (
 class DeliveryJobs(ClaimsInOrder, LeasedQueue):
     table = Table.DELIVERY_JOBS
     claim_sql = CLAIM
+    any_due_sql = any_due_unpaused(Table.DELIVERY_JOBS, "integration_id")
     reap_returns = "NULL"
 
     def __init__(self, *, lease_seconds: float, policy: RetryPolicy, order: ClaimOrder | None = None) -> None:

@@ -1,4 +1,5 @@
-"""The unified pipeline's queue: ``notification_jobs``, its channels, and ``notification_log``."""
+"""The unified pipeline's queue: ``notification_jobs``, its channels, ``notification_log`` and
+``notification_job_attempts`` (one row per finished attempt, as delivery_attempts for delivery_jobs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from psycopg2.extensions import cursor
 from psycopg2.extras import execute_values
 
 from delivery_worker.jobs import Destination, Job, Outcome, Table, Verdict
-from delivery_worker.queues.claim_order import ClaimOrder, ClaimsInOrder, ordered_claim
+from delivery_worker.queues.claim_order import ClaimOrder, ClaimsInOrder, any_due_unpaused, ordered_claim
 from delivery_worker.queues.json_columns import JsonColumns
 from delivery_worker.queues.status import LEASE_LOST_ERROR, LeasedQueue, clip, record_statuses
 from delivery_worker.retry import RetryPolicy
@@ -39,10 +40,19 @@ INSERT INTO notification_log (channel_id, alert_id, job_id, success, error_msg)
 VALUES %s
 """
 
+# Each finished attempt (digests included: one row per covered job), in the outcome's transaction.
+INSERT_ATTEMPTS = """
+INSERT INTO notification_job_attempts
+    (job_id, tenant_id, attempt_no, outcome, http_status, latency_ms, error, started_at, finished_at)
+VALUES %s
+"""
+LEASE_LOST_OUTCOME = "lease_lost"
+
 
 class NotificationJobs(ClaimsInOrder, LeasedQueue):
     table = Table.NOTIFICATION_JOBS
     claim_sql = CLAIM
+    any_due_sql = any_due_unpaused(Table.NOTIFICATION_JOBS, "channel_id")
     reap_returns = "j.channel_id"
 
     def __init__(self, *, lease_seconds: float, policy: RetryPolicy, order: ClaimOrder | None = None) -> None:
@@ -68,6 +78,23 @@ class NotificationJobs(ClaimsInOrder, LeasedQueue):
                 for o in finished
             ]
             execute_values(cur, INSERT_LOG, rows)
+        attempts = [
+            (
+                o.job.job_id,
+                o.job.tenant_id,
+                o.job.attempt,
+                o.verdict.value,
+                o.http_status,
+                o.latency_ms,
+                clip(o.error),
+                o.started_at,
+                o.finished_at,
+            )
+            for o in outcomes
+            if o.verdict is not Verdict.DEFERRED and o.job.job_id in written
+        ]
+        if attempts:
+            execute_values(cur, INSERT_ATTEMPTS, attempts)
         return written
 
     def reap(self, cur: cursor, *, mine: Sequence[int] = (), only: int | None = None) -> int:
@@ -79,6 +106,17 @@ class NotificationJobs(ClaimsInOrder, LeasedQueue):
         ]
         if failed:
             execute_values(cur, INSERT_LOG, failed)
+        lost = [
+            (job_id, tenant_id, attempts, LEASE_LOST_OUTCOME, None, None, LEASE_LOST_ERROR)
+            for job_id, _status, tenant_id, _alert, attempts, _channel in reaped
+        ]
+        if lost:  # when the lost attempt started is not known: it ended when it was taken back
+            execute_values(
+                cur,
+                INSERT_ATTEMPTS,
+                lost,
+                template="(%s, %s, %s, %s, %s, %s, %s, now(), now())",
+            )
         return len(reaped)
 
     def job_from_row(self, row: tuple[Any, ...]) -> Job:
