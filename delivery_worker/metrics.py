@@ -37,6 +37,7 @@ from prometheus_client import (
 from delivery_worker import __version__
 from delivery_worker.db import Connection, DatabaseRejected, DatabaseUnavailable, connect, transaction
 from delivery_worker.jobs import DeferralReason, Job, Outcome, Table, Verdict
+from delivery_worker.queues.claim_order import not_paused
 
 log = structlog.get_logger("delivery_worker.metrics")
 
@@ -60,18 +61,29 @@ DEFAULT_FAILED_WINDOW_SECONDS = 900.0
 # pile up. A PROCESSING row's updated_at is its claim time (lease renewals do not touch it).
 QUEUE_SAMPLE = """
 SELECT count(*) AS pending,
-       count(*) FILTER (WHERE next_run_at <= now()) AS due,
-       COALESCE(EXTRACT(EPOCH FROM now() - min(next_run_at) FILTER (WHERE next_run_at <= now())), 0)
+       count(*) FILTER (WHERE next_run_at <= now() AND {not_paused}) AS due,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(next_run_at)
+                                        FILTER (WHERE next_run_at <= now() AND {not_paused})), 0)
            AS oldest_due_age_seconds,
        count(*) FILTER (WHERE attempts > 0) AS retry_backlog,
        (SELECT count(*) FROM {table}
         WHERE status = 'FAILED' AND updated_at >= now() - %(failed_window)s * interval '1 second')
            AS failed_recent,
        (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at)), 0) FROM {table}
-        WHERE status = 'PROCESSING') AS oldest_processing_age_seconds
+        WHERE status = 'PROCESSING') AS oldest_processing_age_seconds,
+       count(*) FILTER (WHERE NOT ({not_paused})) AS paused
 FROM {table}
 WHERE status = 'PENDING'
 """
+# Jobs held by `delivery-worker pause` are not due: they wait on purpose, so they count as paused and
+# neither raise the due gauges nor age the oldest due job (which would page on a deliberate pause).
+DESTINATION_COLUMN = {Table.NOTIFICATION_JOBS: "channel_id", Table.DELIVERY_JOBS: "integration_id"}
+
+
+def queue_sample(table: Table) -> str:
+    return QUEUE_SAMPLE.format(
+        table=table.value, not_paused=not_paused(table, "tenant_id", DESTINATION_COLUMN[table])
+    )
 
 
 class WorkerMetrics:
@@ -285,6 +297,12 @@ class QueueGauges:
             ["table"],
             registry=r,
         )
+        self.paused = Gauge(
+            "delivery_worker_queue_paused_jobs",
+            "PENDING jobs held by a pause (`delivery-worker pause`); not counted as due.",
+            ["table"],
+            registry=r,
+        )
         self.sample_up = Gauge(
             "delivery_worker_queue_sample_up",
             "1 when the last sample of the queues worked; 0 while the database cannot be read "
@@ -306,6 +324,7 @@ class QueueGauges:
             self.retry_backlog,
             self.failed_recent,
             self.oldest_processing_age,
+            self.paused,
         )
 
     def sampled(self, rows: Mapping[Table, Sequence[float]]) -> None:
@@ -367,9 +386,9 @@ class QueueSampler:
             with transaction(conn) as cur:
                 rows = {}
                 for table in Table:
-                    cur.execute(QUEUE_SAMPLE.format(table=table.value), {"failed_window": self.failed_window})
+                    cur.execute(queue_sample(table), {"failed_window": self.failed_window})
                     row = cur.fetchone()
-                    rows[table] = tuple(row) if row is not None else (0,) * 6
+                    rows[table] = tuple(row) if row is not None else (0,) * len(self.metrics.queue.per_table)
         except (DatabaseUnavailable, DatabaseRejected, psycopg2.Error) as exc:
             self.metrics.queue.lost()
             self._lost(str(exc).strip())
