@@ -159,6 +159,19 @@ def pending_migrations(conn: Connection) -> list[str]:
     return [name for name, _ in migration_files() if name not in applied]
 
 
+def migration_in_progress(conn: Connection) -> bool:
+    """True while a `migrate` holds the advisory lock (in this database)."""
+    with transaction(conn) as cur:
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = %s AND objid = %s AND objsubid = 1)",
+            (ADVISORY_LOCK_KEY >> 32, ADVISORY_LOCK_KEY & 0xFFFFFFFF),
+        )
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def apply_migrations(
     conn: Connection,
     *,

@@ -131,7 +131,13 @@ def run_worker(
         if address is not None:  # listen first: /healthz says 503 (and why) while the database is awaited
             monitoring = Monitoring(settings, address, registry.types)
             monitoring.start()
-        if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain):
+        if not connect_and_check(
+            settings.database.dsn,
+            stopping,
+            notifier,
+            wait=not drain,
+            schema_wait_seconds=settings.database.schema_wait_seconds,
+        ):
             signals.log_received()
             log.info("worker.stopped", reason="signal while waiting for the database")
             return
