@@ -19,9 +19,11 @@ from tests.test_migrate import PLATFORM_DDL, migrate
 
 LOG_ROWS = 1_000_000
 
-# The platform's other tables at a realistic size: 200,000 jobs (2,000 still PENDING), 50,000
-# jobs of the older pipeline with one attempt each; notification_log holds LOG_ROWS rows.
-PRODUCTION_ROWS = f"""
+
+def production_rows(log_rows: int) -> str:
+    """The platform's other tables at a realistic size: 200,000 jobs (2,000 still PENDING), 50,000
+    jobs of the older pipeline with one attempt each; notification_log holds ``log_rows`` rows."""
+    return f"""
 INSERT INTO notification_channels (tenant_id, name, channel_type)
 SELECT 't' || (n % 20), 'channel ' || n, 'webhook' FROM generate_series(1, 99) AS n;
 INSERT INTO notification_jobs (tenant_id, alert_id, channel_id, status, payload_json)
@@ -39,7 +41,7 @@ FROM generate_series(1, 50000) AS n;
 INSERT INTO delivery_attempts (tenant_id, job_id, attempt_no, ok, started_at, finished_at)
 SELECT 't', n, 1, true, now(), now() FROM generate_series(1, 50000) AS n;
 INSERT INTO notification_log (channel_id, alert_id, job_id, success)
-SELECT 1 + n % 100, n, CASE WHEN n <= 200000 THEN n END, true FROM generate_series(1, {LOG_ROWS}) AS n;
+SELECT 1 + n % 100, n, CASE WHEN n <= 200000 THEN n END, true FROM generate_series(1, {log_rows}) AS n;
 ANALYZE;
 """
 
@@ -96,7 +98,7 @@ def run_migrate(dsn: str, **settings: str) -> subprocess.CompletedProcess[str]:
 
 def test_migrate_of_a_production_sized_database_never_blocks_producers_for_a_second(empty_database):
     execute(empty_database, PLATFORM_DDL)
-    execute(empty_database, PRODUCTION_ROWS)
+    execute(empty_database, production_rows(LOG_ROWS))
     producer = Producer(empty_database)
     producer.start()
     try:

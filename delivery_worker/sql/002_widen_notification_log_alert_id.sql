@@ -45,8 +45,8 @@ BEGIN
 END
 $$;
 
--- 2. Copy the existing rows, 10,000 at a time, each batch its own transaction (row locks only).
 -- migrate:no-transaction
+-- 2. Copy the existing rows, 10,000 at a time, each batch its own transaction (row locks only).
 DO $$
 DECLARE
     batch_start bigint;
@@ -71,8 +71,8 @@ BEGIN
 END
 $$;
 
--- 3. A CHECK that proves the twin has no NULL, added unchecked (a brief lock) ...
 -- migrate:transaction
+-- 3. A CHECK that proves the twin has no NULL, added unchecked (a brief lock) ...
 DO $$
 BEGIN
     IF EXISTS (
@@ -88,8 +88,8 @@ BEGIN
 END
 $$;
 
--- 4. ... then validated: a scan under SHARE UPDATE EXCLUSIVE, which lets INSERTs and UPDATEs through.
 -- migrate:no-transaction
+-- 4. ... then validated: a scan under SHARE UPDATE EXCLUSIVE, which lets INSERTs and UPDATEs through.
 DO $$
 BEGIN
     IF EXISTS (
@@ -102,9 +102,9 @@ BEGIN
 END
 $$;
 
+-- migrate:transaction
 -- 5. The swap, catalog changes only: SET NOT NULL is proven by the validated CHECK (no scan). The
 --    column keeps its name and NOT NULL; it becomes the table's last column.
--- migrate:transaction
 DO $$
 BEGIN
     IF EXISTS (

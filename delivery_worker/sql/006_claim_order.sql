@@ -77,10 +77,10 @@ CREATE TRIGGER delivery_worker_severity_rank
     BEFORE INSERT OR UPDATE OF payload_json ON delivery_jobs
     FOR EACH ROW EXECUTE FUNCTION delivery_worker_store_severity_rank();
 
--- Jobs queued before this migration (finished ones are never claimed again, so they keep 0), 1,000
--- at a time in job_id order, each batch its own short transaction: one UPDATE of every PENDING row
--- would hold their row locks (and the claim's) for as long as it runs.
 -- migrate:no-transaction
+-- Backfill notification_jobs: jobs queued before this migration (finished ones are never claimed
+-- again, so they keep 0), 1,000 at a time in job_id order, each batch its own short transaction:
+-- one UPDATE of every PENDING row would hold their row locks (and the claim's) while it runs.
 DO $$
 DECLARE
     batch_start bigint := 0;
@@ -98,6 +98,7 @@ BEGIN
     END LOOP;
 END
 $$;
+-- The same for delivery_jobs.
 DO $$
 DECLARE
     batch_start bigint := 0;
