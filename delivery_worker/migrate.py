@@ -143,8 +143,12 @@ def split_statements(text: str) -> list[str]:
 
 
 def _has_code(statement: str) -> bool:
-    without_comments = re.sub(r"--[^\n]*", "", statement)
-    return bool(without_comments.strip())
+    return bool(_without_comments(statement).strip())
+
+
+def _without_comments(statement: str) -> str:
+    """The statement without its ``--`` comment lines (the ones a file puts before a statement)."""
+    return "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--"))
 
 
 def pending_migrations(conn: Connection) -> list[str]:
@@ -283,7 +287,7 @@ class _Runner:
                 self.conn.autocommit = True
 
     def _recover_invalid_index(self, text: str) -> None:
-        found = CONCURRENT_INDEX.match(text)
+        found = CONCURRENT_INDEX.match(_without_comments(text))
         if not found:
             return
         index = found.group(1)

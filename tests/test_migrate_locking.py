@@ -181,23 +181,23 @@ def test_a_lock_held_elsewhere_ends_migrate_with_one_line_saying_to_run_it_again
     assert after.stdout.strip() == "applied 1 migration(s): 004_job_leases.sql"
 
 
-def test_an_invalid_index_left_by_an_interrupted_concurrent_build_is_built_again(database):
+def test_invalid_indexes_left_by_interrupted_concurrent_builds_are_built_again(database):
     # What an interrupted CREATE INDEX CONCURRENTLY leaves behind: the index, marked INVALID.
+    rebuilt = ("notification_log_job_id_idx", "notification_jobs_claim_age_idx")  # 003's and 006's
     execute(
         database,
-        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'notification_log_job_id_idx'::regclass",
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = ANY (%s::regclass[])",
+        (list(rebuilt),),
     )
-    execute(database, "DELETE FROM delivery_worker_migrations WHERE name LIKE '003%%'")
+    execute(database, "DELETE FROM delivery_worker_migrations WHERE name LIKE '003%%' OR name LIKE '006%%'")
 
     result = run_migrate(database)
 
     assert result.returncode == 0, result.stderr
-    assert "index notification_log_job_id_idx is INVALID" in result.stderr
-    valid = execute(
-        database,
-        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'notification_log_job_id_idx'::regclass",
-    )
-    assert valid == [{"indisvalid": True}]
+    for index in rebuilt:
+        assert f"index {index} is INVALID" in result.stderr
+    valid = execute(database, "SELECT count(*) AS n FROM pg_index WHERE NOT indisvalid")
+    assert valid == [{"n": 0}]
 
 
 def test_a_platform_index_on_log_alert_id_is_kept_by_retyping_in_place(empty_database):
