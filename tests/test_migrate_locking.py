@@ -200,6 +200,43 @@ def test_invalid_indexes_left_by_interrupted_concurrent_builds_are_built_again(d
     assert valid == [{"n": 0}]
 
 
+def test_a_widening_interrupted_after_its_first_step_is_finished_by_the_next_migrate(empty_database):
+    execute(empty_database, PLATFORM_DDL)
+    execute(
+        empty_database,
+        "INSERT INTO notification_log (channel_id, alert_id) SELECT 1, n FROM generate_series(1, 25000) AS n",
+    )
+    name, text = next((n, t) for n, t in migration_files() if n.startswith("002"))
+    first_step = parse_migration(name, text).sections[0]
+    assert first_step.in_transaction
+    for statement in first_step.statements:  # the twin and its trigger, then the run stopped
+        execute(empty_database, statement)
+    execute(empty_database, "INSERT INTO notification_log (channel_id, alert_id) VALUES (1, 2147483647)")
+
+    migrate(empty_database)
+
+    rows = execute(
+        empty_database,
+        "SELECT count(*) AS n, count(*) FILTER (WHERE alert_id = log_id) AS same, max(alert_id) AS top,"
+        " pg_typeof(max(alert_id))::text AS type FROM notification_log",
+    )
+    assert rows == [{"n": 25001, "same": 25000, "top": 2147483647, "type": "bigint"}]
+    columns = execute(
+        empty_database,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'notification_log'"
+        " AND column_name LIKE 'alert_id%%'",
+    )
+    assert columns == [{"column_name": "alert_id"}]
+    leftovers = execute(
+        empty_database,
+        "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'delivery_worker_copy_log_alert_id')"
+        " + (SELECT count(*) FROM pg_proc WHERE proname = 'delivery_worker_copy_log_alert_id') AS n",
+    )
+    assert leftovers == [{"n": 0}]
+    # The swap is done: a job whose alert_id does not fit an INTEGER gets its log row.
+    execute(empty_database, "INSERT INTO notification_log (channel_id, alert_id) VALUES (1, 9000000000)")
+
+
 def test_a_platform_index_on_log_alert_id_is_kept_by_retyping_in_place(empty_database):
     execute(empty_database, PLATFORM_DDL)
     execute(empty_database, "CREATE INDEX platform_log_alert_idx ON notification_log (alert_id)")
