@@ -12,7 +12,8 @@ export DATABASE_URL
 PREFIX ?= /opt/delivery-worker
 SOURCES := $(shell find delivery_worker channels -name '*.py' -o -name '*.sql')
 
-.PHONY: install install-dev runtime-venv test-tools run test lint clean wheel install-wheel
+.PHONY: install install-dev runtime-venv test-tools run test lint clean
+.PHONY: wheel install-wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
