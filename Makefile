@@ -8,12 +8,8 @@ RUNTIME_VENV ?= .venv-runtime
 TEST_TOOLS ?= .test-tools
 DATABASE_URL ?= postgresql://127.0.0.1:5432/delivery_worker
 export DATABASE_URL
-# Where `make install-wheel` puts the production install (docs/operations.md, the systemd unit).
-PREFIX ?= /opt/delivery-worker
-SOURCES := $(shell find delivery_worker channels -name '*.py' -o -name '*.sql')
 
 .PHONY: install install-dev runtime-venv test-tools run test lint clean
-.PHONY: wheel install-wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +20,11 @@ install: $(BIN)/python
 
 install-dev: install
 	$(BIN)/pip install -q -r requirements-dev.txt
+
+# Where `make install-wheel` puts the production install (docs/operations.md, the systemd unit).
+PREFIX ?= /opt/delivery-worker
+SOURCES := $(shell find delivery_worker channels -name '*.py' -o -name '*.sql')
+.PHONY: wheel install-wheel
 
 ## A wheel of this checkout in dist/: what production installs (not an editable checkout).
 wheel: $(BIN)/python
