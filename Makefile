@@ -80,4 +80,4 @@ test: lint runtime-venv test-tools
 		$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(TEST_TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(TEST_TOOLS) .mypy_cache .ruff_cache .pytest_cache dist build
