@@ -21,13 +21,36 @@ install: $(BIN)/python
 install-dev: install
 	$(BIN)/pip install -q -r requirements-dev.txt
 
-## A second venv holding only the runtime requirements, rebuilt from scratch when they change: the
-## smoke test (tests/test_runtime_install.py) runs the real worker from it through every channel.
-$(RUNTIME_VENV)/.installed: requirements.txt pyproject.toml
+# Where `make install-wheel` puts the production install (docs/operations.md, the systemd unit).
+PREFIX ?= /opt/delivery-worker
+SOURCES := $(shell find delivery_worker channels -name '*.py' -o -name '*.sql')
+.PHONY: wheel install-wheel
+
+## A wheel of this checkout in dist/: what production installs (not an editable checkout).
+wheel: $(BIN)/python
+	rm -rf dist build
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
+## The production install of docs/operations.md: a venv at $(PREFIX)/.venv with requirements.txt and
+## the wheel (the code lives in the venv; the checkout can go), and the docs the unit points at.
+install-wheel: wheel
+	$(PYTHON) -m venv $(PREFIX)/.venv
+	$(PREFIX)/.venv/bin/pip install -q -r requirements.txt
+	$(PREFIX)/.venv/bin/pip install -q --no-deps --force-reinstall dist/delivery_worker-*.whl
+	install -d $(PREFIX)/docs
+	install -m 0644 docs/*.md $(PREFIX)/docs/
+
+## A second venv holding only the runtime requirements (rebuilt from scratch when they change) and
+## the wheel, installed like production (reinstalled when the code changes): the smoke test
+## (tests/test_runtime_install.py) runs the real worker from it through every channel.
+$(RUNTIME_VENV)/.requirements: requirements.txt pyproject.toml
 	rm -rf $(RUNTIME_VENV)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install -q -r requirements.txt
-	$(RUNTIME_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+$(RUNTIME_VENV)/.installed: $(RUNTIME_VENV)/.requirements $(SOURCES) | wheel
+	$(RUNTIME_VENV)/bin/pip install -q --no-deps --force-reinstall dist/delivery_worker-*.whl
 	touch $@
 
 runtime-venv: $(RUNTIME_VENV)/.installed
@@ -63,4 +86,4 @@ test: lint runtime-venv test-tools
 		$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(TEST_TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(TEST_TOOLS) .mypy_cache .ruff_cache .pytest_cache dist build

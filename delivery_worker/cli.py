@@ -115,21 +115,32 @@ def config_error(message: str, args: argparse.Namespace) -> None:
 
 
 def migrate(settings: Settings, *, create_database: bool) -> int:
-    from delivery_worker.migrate import apply_migrations, create_database_if_missing
+    from delivery_worker.migrate import (
+        MigrationFailed,
+        MigrationLockTimeout,
+        apply_migrations,
+        create_database_if_missing,
+    )
+    from delivery_worker.ops.output import announce_database
 
     dsn = settings.database.migrate_dsn
+    announce_database(dsn)
     try:
         if create_database and create_database_if_missing(dsn):
             print("created database")
         conn = connect(dsn, session=OPERATOR_SESSION)
         try:
-            applied = apply_migrations(conn)
+            applied = apply_migrations(
+                conn,
+                lock_timeout=settings.database.migrate_lock_timeout,
+                report=lambda line: print(f"migrate: {line}", file=sys.stderr, flush=True),
+            )
         finally:
             conn.close()
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, MigrationLockTimeout) as exc:
         print(f"delivery-worker: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except DatabaseRejected as exc:
+    except (DatabaseRejected, MigrationFailed) as exc:
         print(f"delivery-worker: migrate failed (does this role own the tables?): {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")

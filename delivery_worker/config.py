@@ -58,6 +58,10 @@ class ConfigError(Exception):
 class DatabaseSettings:
     dsn: str
     migrate_dsn: str
+    # How long `migrate` waits for a table lock before it gives up and tries again (docs/upgrading.md).
+    migrate_lock_timeout: float = 3.0
+    # How long `run` waits at start for missing migrations (a release running beside it); 0: exit 1 at once.
+    schema_wait_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
     "database": {
         "dsn": ("postgresql://127.0.0.1:5432/delivery_worker", _text),
         "migrate_dsn": ("", _optional_text),
+        "migrate_lock_timeout": ("3", _float(0, exclusive=True)),
+        "schema_wait_seconds": ("300", _float(0)),
     },
     "worker": {
         "threads": ("16", _int(1, 512)),

@@ -144,7 +144,14 @@ def run_worker(
             monitoring = Monitoring(settings, address, registry.types, stopping)
             monitoring.start()
         alive = monitoring.liveness.tick if monitoring is not None else None
-        if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain, alive=alive):
+        if not connect_and_check(
+            settings.database.dsn,
+            stopping,
+            notifier,
+            wait=not drain,
+            alive=alive,
+            schema_wait_seconds=settings.database.schema_wait_seconds,
+        ):
             signals.log_received()
             log.info("worker.stopped", reason="signal while waiting for the database")
             return

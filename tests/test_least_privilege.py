@@ -70,3 +70,32 @@ def test_migrate_needs_the_migrate_dsn_not_the_runner_role(database, runner_role
     assert "Traceback" not in as_runner.stderr and "permission denied" in as_runner.stderr
     assert with_migrate_dsn.returncode == 0, with_migrate_dsn.stderr
     assert with_migrate_dsn.stdout.startswith("applied 1 migration(s): 005_notify_on_insert.sql")
+
+
+def test_a_revoked_select_on_the_migration_ledger_is_one_line_naming_it(database, runner_role):
+    role, dsn = runner_role
+    execute(database, f"REVOKE SELECT ON delivery_worker_migrations FROM {role}")
+
+    worker = start_worker(dsn, "--drain")
+    _out, err = worker.communicate(timeout=60)
+
+    assert worker.returncode == 1
+    assert err.strip().splitlines() == [
+        f"delivery-worker: database role '{role}' lacks SELECT ON delivery_worker_migrations"
+        " (see docs/configuration.md 'Least privilege' for the GRANTs)"
+    ]
+
+
+def test_a_revoked_usage_on_the_schema_is_one_line_naming_it_not_run_migrate(database, runner_role):
+    role, dsn = runner_role
+    execute(database, f"REVOKE USAGE ON SCHEMA public FROM {role}")
+    execute(database, "REVOKE USAGE ON SCHEMA public FROM PUBLIC")
+
+    worker = start_worker(dsn, database_schema_wait_seconds="60")
+    _out, err = worker.communicate(timeout=60)
+
+    assert worker.returncode == 1
+    assert err.strip().splitlines() == [
+        f"delivery-worker: database role '{role}' lacks USAGE ON SCHEMA public"
+        " (see docs/configuration.md 'Least privilege' for the GRANTs)"
+    ]

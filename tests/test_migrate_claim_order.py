@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from delivery_worker.db import connect, transaction
-from delivery_worker.migrate import migration_files
 from tests.rows import execute
 from tests.test_migrate import PLATFORM_DDL, migrate, schema_snapshot
 
@@ -44,14 +42,9 @@ def test_006_backfills_pending_jobs_and_producers_insert_as_before(empty_databas
 def test_006_runs_again_without_error_or_change(empty_database):
     migrate(empty_database)
     before = schema_snapshot(empty_database)
-    text = dict(migration_files())[CLAIM_ORDER]
+    execute(empty_database, "DELETE FROM delivery_worker_migrations WHERE name = %s", (CLAIM_ORDER,))
 
-    conn = connect(empty_database)
-    try:
-        with transaction(conn) as cur:
-            cur.execute(text)
-    finally:
-        conn.close()
+    assert migrate(empty_database) == [CLAIM_ORDER]
 
     assert schema_snapshot(empty_database) == before
     indexes = {r["indexname"] for r in execute(empty_database, "SELECT indexname FROM pg_indexes")}

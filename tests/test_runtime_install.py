@@ -1,8 +1,9 @@
 """A production install works: the real worker, run from a venv built from requirements.txt alone,
 delivers through every channel into real local receivers (SNMPv3 authPriv included).
 
-`make test` builds that venv (.venv-runtime: `pip install -r requirements.txt` and
-`pip install --no-deps -e .`) and names it in TEST_RUNTIME_VENV. Without it the test is skipped
+`make test` builds that venv (.venv-runtime: `pip install -r requirements.txt` and the wheel of
+`make wheel`, not editable, as docs/operations.md installs production) and names it in
+TEST_RUNTIME_VENV. Without it the test is skipped
 locally and fails under CI, so a runtime dependency that only the dev tools pull in fails CI.
 """
 
@@ -94,6 +95,27 @@ def test_the_runtime_venv_holds_no_dev_tool_and_imports_every_module(runtime_ven
         )
         assert found.returncode != 0, f"{name} (a dev tool) is in {runtime_venv}: not a runtime venv"
     assert int(run_in(runtime_venv, "python", "-c", IMPORT_EVERYTHING)) > 20
+
+
+def test_the_runtime_install_runs_from_its_wheel_and_migrates_an_empty_database(
+    runtime_venv: Path, empty_database: str, tmp_path: Path
+) -> None:
+    where = subprocess.run(
+        [
+            str(runtime_venv / "bin" / "python"),
+            "-c",
+            "import delivery_worker; print(delivery_worker.__file__)",
+        ],
+        cwd=tmp_path,  # not the checkout, whose package would shadow the installed one
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(runtime_venv.resolve()), where.stdout
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": empty_database}
+    out = run_in(runtime_venv, "delivery-worker", "--config", "/dev/null", "migrate", env=env)
+    assert out.startswith("applied ") and "001_platform_tables.sql" in out  # the wheel holds sql/
 
 
 def test_every_channel_delivers_from_the_runtime_install(

@@ -108,7 +108,7 @@ def test_sighup_is_a_logged_graceful_stop_that_leaves_nothing_processing(databas
 
 
 def test_a_database_without_the_schema_is_one_loud_line_and_exit_1(empty_database):
-    worker = start_worker(empty_database)
+    worker = start_worker(empty_database, database_schema_wait_seconds="0")
     _out, err = worker.communicate(timeout=30)
     assert worker.returncode == 1
     lines = err.strip().splitlines()

@@ -4,7 +4,8 @@
 ALTER TABLE notification_jobs ADD COLUMN IF NOT EXISTS lease_expires_at TIMESTAMPTZ NULL;
 ALTER TABLE delivery_jobs ADD COLUMN IF NOT EXISTS lease_expires_at TIMESTAMPTZ NULL;
 
-CREATE INDEX IF NOT EXISTS notification_jobs_processing_idx
+-- migrate:no-transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS notification_jobs_processing_idx
     ON notification_jobs (lease_expires_at) WHERE status = 'PROCESSING';
-CREATE INDEX IF NOT EXISTS delivery_jobs_processing_idx
+CREATE INDEX CONCURRENTLY IF NOT EXISTS delivery_jobs_processing_idx
     ON delivery_jobs (lease_expires_at) WHERE status = 'PROCESSING';

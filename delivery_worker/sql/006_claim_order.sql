@@ -1,7 +1,7 @@
 -- The claim order of issue 11: severity first (with aging), tenants interleaved, each alert's events
 -- in order, and a share per destination. Producers keep inserting rows exactly as before: a trigger
 -- stores each job's severity rank, and this migration backfills the PENDING rows already queued.
--- Idempotent: every statement may run again.
+-- Idempotent: every statement may run again. Locks: docs/upgrading.md.
 
 -- The payload's severity as the claim ranks it: 0 when unknown (missing, negative, absurd, not a
 -- number), else min(severity, 5) + 1. The SQL twin of channels/alert.py severity_rank (ints 0-5,
@@ -77,24 +77,58 @@ CREATE TRIGGER delivery_worker_severity_rank
     BEFORE INSERT OR UPDATE OF payload_json ON delivery_jobs
     FOR EACH ROW EXECUTE FUNCTION delivery_worker_store_severity_rank();
 
--- Jobs queued before this migration (finished ones are never claimed again, so they keep 0).
-UPDATE notification_jobs SET severity_rank = delivery_worker_severity_rank(payload_json)
-WHERE status = 'PENDING' AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json);
-UPDATE delivery_jobs SET severity_rank = delivery_worker_severity_rank(payload_json)
-WHERE status = 'PENDING' AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json);
+-- migrate:no-transaction
+-- Backfill notification_jobs: jobs queued before this migration (finished ones are never claimed
+-- again, so they keep 0), 1,000 at a time in job_id order, each batch its own short transaction:
+-- one UPDATE of every PENDING row would hold their row locks (and the claim's) while it runs.
+DO $$
+DECLARE
+    batch_start bigint := 0;
+    batch_end bigint;
+BEGIN
+    LOOP
+        SELECT job_id INTO batch_end FROM notification_jobs
+        WHERE status = 'PENDING' AND job_id >= batch_start ORDER BY job_id OFFSET 1000 LIMIT 1;
+        UPDATE notification_jobs SET severity_rank = delivery_worker_severity_rank(payload_json)
+        WHERE status = 'PENDING' AND job_id >= batch_start AND (batch_end IS NULL OR job_id < batch_end)
+          AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json);
+        COMMIT;
+        EXIT WHEN batch_end IS NULL;
+        batch_start := batch_end;
+    END LOOP;
+END
+$$;
+-- The same for delivery_jobs.
+DO $$
+DECLARE
+    batch_start bigint := 0;
+    batch_end bigint;
+BEGIN
+    LOOP
+        SELECT job_id INTO batch_end FROM delivery_jobs
+        WHERE status = 'PENDING' AND job_id >= batch_start ORDER BY job_id OFFSET 1000 LIMIT 1;
+        UPDATE delivery_jobs SET severity_rank = delivery_worker_severity_rank(payload_json)
+        WHERE status = 'PENDING' AND job_id >= batch_start AND (batch_end IS NULL OR job_id < batch_end)
+          AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json);
+        COMMIT;
+        EXIT WHEN batch_end IS NULL;
+        batch_start := batch_end;
+    END LOOP;
+END
+$$;
 
 -- The claim (delivery_worker/queues/*.py) walks the destinations with due work (tenant, then
 -- channel or integration) and reads each one's best jobs twice: by age, for jobs past
 -- max_priority_wait_seconds, and by severity rank. Partial indexes on PENDING rows only, so their
--- size follows the queue, not the history.
-CREATE INDEX IF NOT EXISTS notification_jobs_claim_age_idx
+-- size follows the queue, not the history. Built CONCURRENTLY: producers keep inserting meanwhile.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS notification_jobs_claim_age_idx
     ON notification_jobs (tenant_id, channel_id, next_run_at, job_id) WHERE status = 'PENDING';
-CREATE INDEX IF NOT EXISTS notification_jobs_claim_rank_idx
+CREATE INDEX CONCURRENTLY IF NOT EXISTS notification_jobs_claim_rank_idx
     ON notification_jobs (tenant_id, channel_id, severity_rank DESC, next_run_at, job_id)
     WHERE status = 'PENDING';
-CREATE INDEX IF NOT EXISTS delivery_jobs_claim_age_idx
+CREATE INDEX CONCURRENTLY IF NOT EXISTS delivery_jobs_claim_age_idx
     ON delivery_jobs (tenant_id, integration_id, next_run_at, job_id) WHERE status = 'PENDING';
-CREATE INDEX IF NOT EXISTS delivery_jobs_claim_rank_idx
+CREATE INDEX CONCURRENTLY IF NOT EXISTS delivery_jobs_claim_rank_idx
     ON delivery_jobs (tenant_id, integration_id, severity_rank DESC, next_run_at, job_id)
     WHERE status = 'PENDING';
 
