@@ -240,8 +240,7 @@ class HttpClient:
                 raise PermanentError(f"TLS certificate verification failed for {host}") from None
             raise TransientError(f"TLS handshake with {host} failed") from None
         except requests.Timeout as exc:
-            phase = "connecting to" if isinstance(exc, requests.ConnectTimeout) else "waiting for"
-            raise TransientError(f"timed out {phase} {host}", slow=True) from None
+            raise TransientError(timeout_message(exc, host, connect, read), slow=True) from None
         except requests.ConnectionError as exc:
             unreadable = _nested(exc, HeadersUnreadable)
             if unreadable is not None:  # the status line arrived: it decides
@@ -275,6 +274,14 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def timeout_message(exc: requests.Timeout, host: str, connect: float, read: float) -> str:
+    """Which timeout fired and how long it was (the one this request had: the attempt deadline may
+    have cut it short), e.g. "read timeout after 10.0 s waiting for hooks.example.com"."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"connect timeout after {connect:.1f} s connecting to {host}"
+    return f"read timeout after {read:.1f} s waiting for {host}"
 
 
 def _small_body(response: requests.Response) -> bool:

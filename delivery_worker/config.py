@@ -75,6 +75,7 @@ class MetricsSettings:
     port: int  # 0: no listener (unless $PORT is set)
     host: str
     queue_sample_seconds: float
+    failed_window_seconds: float = 900.0  # delivery_worker_queue_failed_recent_jobs counts FAILED this recent
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "port": ("0", _int(0, 65535)),
         "host": ("127.0.0.1", _text),
         "queue_sample_seconds": ("15", _float(1)),
+        "failed_window_seconds": ("900", _float(1)),
     },
     "rate_limits": {
         "slack": ("1", _float(0)),

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+import tenacity
 
 from channels.alert import alert_from_payload, decode_payload
 from channels.base import Channel, ChannelConfig, Delivery, Receipt
@@ -23,7 +24,7 @@ from channels.digest import Digest, DigestChannel, summarise
 from channels.errors import DeliveryError, PermanentError, TransientError
 from channels.registry import ChannelRegistry
 from delivery_worker.destinations import Deferred, DestinationGuard
-from delivery_worker.jobs import Job, Outcome, Table, Verdict
+from delivery_worker.jobs import DeferralReason, Job, Outcome, Table, Verdict
 from delivery_worker.redaction import redact, redacted_error, secret_values
 from delivery_worker.retry import RetryPolicy
 
@@ -32,6 +33,28 @@ log = structlog.get_logger("delivery_worker.delivery")
 DEFAULT_MAX_LISTED = 10  # [digest] max_listed
 NOT_FOUND = {Table.NOTIFICATION_JOBS: "Channel not found", Table.DELIVERY_JOBS: "Integration not found"}
 DISABLED = {Table.NOTIFICATION_JOBS: "Channel disabled", Table.DELIVERY_JOBS: "Integration disabled"}
+
+
+class QuickRetries:
+    """Logs each quick retry of one attempt (tenacity's ``before_sleep``) and counts them for the
+    ``quick_retries_total`` metric: one line per extra request, with the error and the wait."""
+
+    def __init__(self, event: str, fields: dict[str, Any], secrets: set[str]) -> None:
+        self.event = event
+        self.fields = fields
+        self.secrets = secrets
+        self.count = 0
+
+    def __call__(self, state: tenacity.RetryCallState) -> None:
+        self.count += 1
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            self.event,
+            **self.fields,
+            quick_retry=self.count,
+            error=redact(str(error) or type(error).__name__, self.secrets) if error else None,
+            wait_s=round(state.upcoming_sleep, 2),
+        )
 
 
 class Deliverer:
@@ -55,39 +78,46 @@ class Deliverer:
     def run(self, job: Job) -> Outcome:
         started = datetime.now(UTC)
         if self.stopping.is_set():  # claimed but not started before shutdown: put back, uncounted
-            log.info("job.released", job_id=job.job_id, table=job.table.value, attempt=job.attempt)
-            return Outcome(job, Verdict.DEFERRED, started, started)
+            log.info("job.released", **job.log_fields(), attempt=job.attempt)
+            return Outcome(job, Verdict.DEFERRED, started, started, deferral=DeferralReason.SHUTDOWN)
         secrets: set[str] = set()
         receipt: Receipt | None = None
         error: DeliveryError | None = None
+        retries = QuickRetries("job.quick_retry", {**job.log_fields(), "attempt": job.attempt}, secrets)
         try:
             if job.destination is not None:
-                secrets = secret_values(job.destination.config)
-            receipt = self._deliver(job, secrets)
+                secrets.update(secret_values(job.destination.config))
+            receipt = self._deliver(job, secrets, retries)
         except Deferred as deferral:
             log.info(
                 "job.deferred",
-                job_id=job.job_id,
-                table=job.table.value,
+                **job.log_fields(),
                 reason=str(deferral),
                 retry_in_s=round(deferral.delay_seconds, 2),
             )
             return Outcome(
-                job, Verdict.DEFERRED, started, datetime.now(UTC), retry_delay_seconds=deferral.delay_seconds
+                job,
+                Verdict.DEFERRED,
+                started,
+                datetime.now(UTC),
+                retry_delay_seconds=deferral.delay_seconds,
+                deferral=deferral.kind,
             )
         except DeliveryError as exc:
             error = exc
         except Exception as exc:  # the job boundary: an unexpected bug must not kill the worker
             # No traceback: its frames' text and the message may carry a secret; log the redacted message.
             detail = redacted_error(exc, secrets)
-            log.error("job.internal_error", job_id=job.job_id, table=job.table.value, error=detail)
+            log.error("job.internal_error", **job.log_fields(), error=detail)
             error = TransientError(f"internal error: {detail}")
         finished = datetime.now(UTC)
         outcome = self._outcome(job, started, finished, receipt, error, secrets)
+        if retries.count:
+            outcome = dataclasses.replace(outcome, quick_retries=retries.count)
         self._log(job, outcome)
         return outcome
 
-    def _deliver(self, job: Job, secrets: set[str]) -> Receipt:
+    def _deliver(self, job: Job, secrets: set[str], retries: QuickRetries) -> Receipt:
         if job.unreadable is not None:  # a JSON column the claim could not read (queues/json_columns.py)
             raise PermanentError(job.unreadable)
         destination = job.destination
@@ -113,27 +143,31 @@ class Deliverer:
         return self._through_guard(
             destination.channel_type,
             config.destination(),
-            lambda: self._send_with_quick_retries(channel, config, delivery),
+            lambda: self._send_with_quick_retries(channel, config, delivery, retries),
+            about=circuit_ids(job),
         )
 
-    def _through_guard(self, kind: str, where: str, send: Callable[[], Receipt]) -> Receipt:
-        """``send`` once the destination's rate limit and circuit let it, telling them how it went."""
+    def _through_guard(
+        self, kind: str, where: str, send: Callable[[], Receipt], *, about: dict[str, Any]
+    ) -> Receipt:
+        """``send`` once the destination's rate limit and circuit let it, telling them how it went.
+        ``about``: the job's ids, named by a circuit.opened/closed line."""
         self.guard.admit(kind, where)
         try:
             receipt = send()
         except TransientError:
-            self.guard.failed(kind, where)
+            self.guard.failed(kind, where, about)
             raise
         except PermanentError as exc:
             if exc.http_status is not None:  # it answered: the destination itself is up
-                self.guard.succeeded(kind, where)
+                self.guard.succeeded(kind, where, about)
             else:  # nothing learned about the destination (e.g. a refused address)
                 self.guard.inconclusive(where)
             raise
         except BaseException:
             self.guard.inconclusive(where)
             raise
-        self.guard.succeeded(kind, where)
+        self.guard.succeeded(kind, where, about)
         return receipt
 
     def attempt_deadline(self) -> float:
@@ -141,9 +175,11 @@ class Deliverer:
         return self.policy.attempt_deadline()
 
     def _send_with_quick_retries(
-        self, channel: Channel, config: ChannelConfig, delivery: Delivery
+        self, channel: Channel, config: ChannelConfig, delivery: Delivery, retries: QuickRetries
     ) -> Receipt:
-        for attempt in self.policy.quick_retrying(self.stopping, deadline=delivery.deadline):
+        for attempt in self.policy.quick_retrying(
+            self.stopping, deadline=delivery.deadline, before_retry=retries
+        ):
             with attempt:
                 return channel.send(config, delivery)
         raise AssertionError("unreachable: tenacity re-raises the last error")
@@ -174,17 +210,15 @@ class Deliverer:
 
     def _log(self, job: Job, outcome: Outcome) -> None:
         fields: dict[str, Any] = {
-            "job_id": job.job_id,
-            "table": job.table.value,
-            "tenant_id": job.tenant_id,
-            "channel_id": job.destination.destination_id if job.destination else job.channel_id,
-            "channel_type": job.destination.channel_type if job.destination else None,
+            **job.log_fields(),
             "attempt": job.attempt,
             "outcome": outcome.verdict.value,
             "duration_ms": outcome.latency_ms,
         }
         if outcome.http_status is not None:
             fields["http_status"] = outcome.http_status
+        if outcome.quick_retries:
+            fields["quick_retries"] = outcome.quick_retries
         if outcome.verdict is Verdict.COMPLETED:
             log.info("job.completed", **fields)
         elif outcome.verdict is Verdict.RETRY:
@@ -211,7 +245,11 @@ class Deliverer:
         try:
             plan = self._plan_digest(jobs)
         except Exception:  # the job boundary: a bug here must not lose the jobs; each runs alone
-            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            log.exception(
+                "digest.internal_error",
+                job_ids=[job.job_id for job in jobs],
+                alert_ids=[job.alert_id for job in jobs],
+            )
             plan = None
         if plan is None:
             return [self.run(job) for job in jobs]
@@ -270,58 +308,71 @@ class Deliverer:
         kind = jobs[0].destination.channel_type if jobs[0].destination else ""
         receipt: Receipt | None = None
         error: DeliveryError | None = None
+        retries = QuickRetries("digest.quick_retry", digest_fields(digest, jobs), secrets)
         try:
             receipt = self._through_guard(
                 kind,
                 config.destination(),
-                lambda: self._send_digest_with_quick_retries(channel, config, digest),
+                lambda: self._send_digest_with_quick_retries(channel, config, digest, retries),
+                about=circuit_ids(jobs[0]),
             )
         except Deferred as deferral:
             log.info(
                 "digest.deferred",
-                job_ids=[job.job_id for job in jobs],
+                **digest_fields(digest, jobs),
                 reason=str(deferral),
                 retry_in_s=round(deferral.delay_seconds, 2),
             )
             now = datetime.now(UTC)
             return [
-                Outcome(job, Verdict.DEFERRED, started, now, retry_delay_seconds=deferral.delay_seconds)
+                Outcome(
+                    job,
+                    Verdict.DEFERRED,
+                    started,
+                    now,
+                    retry_delay_seconds=deferral.delay_seconds,
+                    deferral=deferral.kind,
+                )
                 for job in jobs
             ]
         except DeliveryError as exc:
             error = exc
         except Exception as exc:  # the job boundary: an unexpected bug must not kill the worker
-            log.exception("digest.internal_error", job_ids=[job.job_id for job in jobs])
+            log.exception(
+                "digest.internal_error",
+                job_ids=[job.job_id for job in jobs],
+                alert_ids=[job.alert_id for job in jobs],
+            )
             error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
         finished = datetime.now(UTC)
         outcomes = [self._outcome(job, started, finished, receipt, error, secrets) for job in jobs]
+        if retries.count:  # one request per retry for the whole digest: counted on its first job
+            outcomes[0] = dataclasses.replace(outcomes[0], quick_retries=retries.count)
         self._log_digest(digest, jobs, outcomes)
         return outcomes
 
     def _send_digest_with_quick_retries(
-        self, channel: DigestChannel, config: ChannelConfig, digest: Digest
+        self, channel: DigestChannel, config: ChannelConfig, digest: Digest, retries: QuickRetries
     ) -> Receipt:
-        for attempt in self.policy.quick_retrying(self.stopping, deadline=digest.deadline):
+        for attempt in self.policy.quick_retrying(
+            self.stopping, deadline=digest.deadline, before_retry=retries
+        ):
             with attempt:
                 return channel.send_digest(config, digest)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _log_digest(self, digest: Digest, jobs: list[Job], outcomes: list[Outcome]) -> None:
         """One line for the whole digest, naming every job it covered."""
-        lead = jobs[0]
         fields: dict[str, Any] = {
-            "digest": digest.key,
-            "table": lead.table.value,
-            "tenant_id": lead.tenant_id,
-            "channel_id": lead.destination.destination_id if lead.destination else None,
-            "channel_type": lead.destination.channel_type if lead.destination else None,
-            "job_ids": [job.job_id for job in jobs],
+            **digest_fields(digest, jobs),
             "jobs": len(jobs),
             "listed": len(digest.listed),
             "duration_ms": outcomes[0].latency_ms,
         }
         if outcomes[0].http_status is not None:
             fields["http_status"] = outcomes[0].http_status
+        if outcomes[0].quick_retries:
+            fields["quick_retries"] = outcomes[0].quick_retries
         if all(o.verdict is Verdict.COMPLETED for o in outcomes):
             log.info("digest.sent", **fields)
             return
@@ -329,3 +380,22 @@ class Deliverer:
             v.value: sum(1 for o in outcomes if o.verdict is v) for v in (Verdict.RETRY, Verdict.FAILED)
         }
         log.warning("digest.failed", **fields, outcomes=verdicts, error=outcomes[0].error)
+
+
+def circuit_ids(job: Job) -> dict[str, Any]:
+    """What a circuit.opened/closed line names besides the destination's hash: the tenant and the
+    channel or integration whose attempt opened or closed it."""
+    fields = job.log_fields()
+    return {key: fields[key] for key in ("tenant_id", "channel_id", "integration_id") if key in fields}
+
+
+def digest_fields(digest: Digest, jobs: Sequence[Job]) -> dict[str, Any]:
+    """What every digest line names: its key, the lead job's destination ids, every job and alert."""
+    lead = jobs[0].log_fields()
+    del lead["job_id"], lead["alert_id"]
+    return {
+        "digest": digest.key,
+        **lead,
+        "job_ids": [job.job_id for job in jobs],
+        "alert_ids": [job.alert_id for job in jobs],
+    }

@@ -3,7 +3,8 @@
 A destination is what a channel config names as ``destination()`` (a webhook URL, a broker, a
 routing key), so two channels pointing at one Slack webhook share its limit. Both mechanisms
 *defer* a job rather than fail it: the job goes back to PENDING for a while with its attempts
-unchanged. State is per worker process. Destinations appear in logs only as a short hash.
+unchanged. State is per worker process. A destination (a URL may carry a secret) appears in logs only
+as a short hash, beside the ids of the job whose attempt opened or closed its circuit.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from delivery_worker.config import CircuitBreakerSettings, RateLimitSettings
+from delivery_worker.jobs import DeferralReason
 
 log = structlog.get_logger("delivery_worker.destinations")
 
@@ -28,9 +31,10 @@ DEFER_JITTER_SECONDS = 0.25
 class Deferred(Exception):
     """Raised when a job must wait for its destination; it goes back to the queue unattempted."""
 
-    def __init__(self, delay_seconds: float, reason: str) -> None:
+    def __init__(self, delay_seconds: float, reason: str, kind: DeferralReason) -> None:
         super().__init__(reason)
         self.delay_seconds = delay_seconds
+        self.kind = kind
 
 
 def destination_label(destination: str) -> str:
@@ -40,6 +44,7 @@ def destination_label(destination: str) -> str:
 
 @dataclass
 class _Circuit:
+    channel_type: str
     failures: int = 0
     open_until: float = 0.0  # monotonic; 0 while closed
     probing: bool = False
@@ -79,7 +84,9 @@ class DestinationGuard:
             remaining = circuit.open_until - self.clock()
             if remaining > 0 or circuit.probing:
                 delay = max(remaining, 1.0) + random.uniform(0, DEFER_JITTER_SECONDS)  # noqa: S311
-                raise Deferred(delay, f"circuit open for this {channel_type} destination")
+                raise Deferred(
+                    delay, f"circuit open for this {channel_type} destination", DeferralReason.CIRCUIT_OPEN
+                )
             circuit.probing = True  # this job is the probe; the others wait for its result
 
     def _take_slot(self, channel_type: str, destination: str) -> None:
@@ -94,7 +101,8 @@ class DestinationGuard:
             if wait > MAX_INLINE_WAIT_SECONDS:
                 # Not reserved: the job comes back around when the destination should be free.
                 self._release_probe(destination)
-                raise Deferred(wait + random.uniform(0, DEFER_JITTER_SECONDS), "rate limited")  # noqa: S311
+                delay = wait + random.uniform(0, DEFER_JITTER_SECONDS)  # noqa: S311
+                raise Deferred(delay, "rate limited", DeferralReason.RATE_LIMITED)
             self.next_slot[destination] = slot + interval
         if wait > 0:
             self.sleep(wait)
@@ -109,19 +117,35 @@ class DestinationGuard:
         with self.lock:
             self._release_probe(destination)
 
-    def succeeded(self, channel_type: str, destination: str) -> None:
+    def open_circuits(self) -> dict[str, int]:
+        """How many destinations of each channel type have an open circuit now (open, or past its
+        cooldown and waiting for a probe to succeed): closed only by a successful attempt."""
+        counts: dict[str, int] = {}
+        with self.lock:
+            for circuit in self.circuits.values():
+                if circuit.open_until:
+                    counts[circuit.channel_type] = counts.get(circuit.channel_type, 0) + 1
+        return counts
+
+    def succeeded(self, channel_type: str, destination: str, about: Mapping[str, Any] | None = None) -> None:
+        """``about``: the ids of the job (channel or integration, tenant) for the circuit's log line."""
         with self.lock:
             circuit = self.circuits.pop(destination, None)
         if circuit is not None and circuit.open_until:
-            log.info("circuit.closed", channel_type=channel_type, destination=destination_label(destination))
+            log.info(
+                "circuit.closed",
+                channel_type=channel_type,
+                destination=destination_label(destination),
+                **(about or {}),
+            )
 
-    def failed(self, channel_type: str, destination: str) -> None:
+    def failed(self, channel_type: str, destination: str, about: Mapping[str, Any] | None = None) -> None:
         """A failed attempt that says the destination is unwell (transient errors)."""
         threshold = self.breaker.failure_threshold
         if threshold <= 0:
             return
         with self.lock:
-            circuit = self.circuits.setdefault(destination, _Circuit())
+            circuit = self.circuits.setdefault(destination, _Circuit(channel_type))
             circuit.failures += 1
             was_probe = circuit.probing
             circuit.probing = False
@@ -135,4 +159,5 @@ class DestinationGuard:
             destination=destination_label(destination),
             consecutive_failures=failures,
             cooldown_s=self.breaker.cooldown_seconds,
+            **(about or {}),
         )

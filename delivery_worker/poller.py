@@ -231,7 +231,12 @@ class Poller:
         for key, running in self.in_flight.items():
             if not running.warned and now - running.submitted_at > limit:
                 running.warned = True
-                log.warning("job.overdue", job=key, running_s=round(now - running.submitted_at, 1))
+                log.warning(
+                    "job.overdue",
+                    job=key,
+                    **running.job.log_fields(),
+                    running_s=round(now - running.submitted_at, 1),
+                )
 
     def _should_poll_again_now(self, claimed: list[Task]) -> bool:
         """A full claim means more may be waiting; claim again at once if threads are free."""
@@ -259,7 +264,7 @@ class Poller:
             if job.key in self.claims:
                 # Its lease was lost and it came back to this worker, which still runs it or has its
                 # outcome to write: take the new claim over instead of sending it a second time.
-                log.warning("job.claimed_again", job=job.key, attempt=job.attempt)
+                log.warning("job.claimed_again", job=job.key, **job.log_fields(), attempt=job.attempt)
                 self.claims.hold(job)
             else:
                 jobs.append(job)
@@ -355,6 +360,7 @@ class Poller:
             log.warning(
                 "outcome.superseded",
                 job=outcome.job.key,
+                **outcome.job.log_fields(),
                 verdict=outcome.verdict.value,
                 reason="the job is no longer held under this worker's claim (reaped, or already written)",
             )

@@ -101,7 +101,7 @@ class OutcomeWriter:
             log.error(
                 "outcome.rejected",
                 job=job.key,
-                tenant_id=job.tenant_id,
+                **job.log_fields(),
                 verdict=unwritten.outcome.verdict.value,
                 reason=reason,
                 refusals=unwritten.refusals,

@@ -73,9 +73,11 @@ class RetryPolicy:
         deadline: float | None = None,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        before_retry: Callable[[tenacity.RetryCallState], None] | None = None,
     ) -> tenacity.Retrying:
         """Tenacity loop for one attempt: retries TransientErrors whose Retry-After fits the budget,
-        and never waits past ``deadline`` (a ``time.monotonic()`` value; None: no deadline)."""
+        and never waits past ``deadline`` (a ``time.monotonic()`` value; None: no deadline).
+        ``before_retry`` is called before each quick retry's wait (to log and count it)."""
 
         def retryable(state: tenacity.RetryCallState) -> bool:
             if state.outcome is None or not state.outcome.failed:
@@ -95,6 +97,7 @@ class RetryPolicy:
             ),
             wait=tenacity.wait_random_exponential(multiplier=QUICK_WAIT_INITIAL, max=QUICK_WAIT_MAX),
             sleep=sleep or tenacity.sleep_using_event(stopping),
+            before_sleep=before_retry,
             reraise=True,
         )
 

@@ -91,7 +91,10 @@ class Monitoring:
         except OSError as exc:
             raise CannotListen(f"cannot listen on {host}:{port} for /metrics and /healthz: {exc}") from None
         self.sampler = QueueSampler(
-            self.metrics, settings.database.dsn, settings.metrics.queue_sample_seconds
+            self.metrics,
+            settings.database.dsn,
+            settings.metrics.queue_sample_seconds,
+            failed_window=settings.metrics.failed_window_seconds,
         )
 
     def start(self) -> None:
@@ -145,13 +148,15 @@ def run_worker(
                 stopping=stopping,
             ),
         ]
+        guard = DestinationGuard(settings.rate_limits, settings.circuit_breaker)
         if monitoring is not None:
             observers.append(monitoring.metrics)
+            monitoring.metrics.watch_circuits(guard.open_circuits)
         deliverer = Deliverer(
             registry,
             RetryPolicy.from_settings(settings.worker),
             stopping,
-            DestinationGuard(settings.rate_limits, settings.circuit_breaker),
+            guard,
             max_listed=settings.digest.max_listed,
         )
         poller = Poller(settings, build_queues(settings), deliverer, stopping, observer=Observers(*observers))

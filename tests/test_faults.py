@@ -207,7 +207,7 @@ def test_blackholed_endpoint_respects_the_read_timeout(database):
 
     row = job(database, "notification_jobs", job_id)
     assert row["status"] == "FAILED" and row["attempts"] == 2
-    assert row["last_error"] == f"timed out waiting for 127.0.0.1:{port}"
+    assert row["last_error"] == f"read timeout after 0.5 s waiting for 127.0.0.1:{port}"
     assert elapsed < 5
 
 

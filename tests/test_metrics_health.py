@@ -124,7 +124,16 @@ def test_worker_exports_counters_histogram_and_health_over_http(database, http_s
     assert value(found, "delivery_worker_jobs_completed_total", **labels) == 4
     assert value(found, "delivery_worker_jobs_retried_total", **labels) == 1
     assert value(found, "delivery_worker_jobs_failed_total", **labels) == 1
-    assert value(found, "delivery_worker_delivery_duration_seconds_count", channel_type="webhook") == 6
+    for outcome, count in (("completed", 4), ("retry", 1), ("failed", 1)):
+        assert (
+            value(
+                found,
+                "delivery_worker_delivery_duration_seconds_count",
+                channel_type="webhook",
+                outcome=outcome,
+            )
+            == count
+        )
     assert value(found, "delivery_worker_jobs_in_flight") == 0
     assert value(found, "delivery_worker_database_up") == 1
     assert abs(value(found, "delivery_worker_last_poll_timestamp_seconds") - time.time()) < 30

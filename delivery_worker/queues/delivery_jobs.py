@@ -34,7 +34,7 @@ LEFT JOIN integrations AS i
        ON i.tenant_id = chosen.tenant_id AND i.integration_id = chosen.integration_id
 WHERE j.job_id = chosen.job_id
 RETURNING j.job_id, j.tenant_id, j.alert_id, j.deliver_on_event, j.attempts, j.payload_json::text,
-          j.lease_expires_at,
+          j.lease_expires_at, j.created_at, j.integration_id::text,
           i.integration_id, i.type::text, i.enabled, i.config_json::text,
           i.snmp_host, i.snmp_port, i.snmp_config::text, i.snmp_oid_prefix,
           i.email_config::text, i.email_recipients::text, i.email_template::text,
@@ -148,7 +148,7 @@ class DeliveryJobs(ClaimsInOrder, LeasedQueue):
         return len(reaped)
 
     def job_from_row(self, row: tuple[Any, ...]) -> Job:
-        job_id, tenant_id, alert_id, event, attempts, payload, lease, *rest = row
+        job_id, tenant_id, alert_id, event, attempts, payload, lease, created_at, job_integration, *rest = row
         integration = dict(zip(INTEGRATION_COLUMNS, rest, strict=True))
         columns = JsonColumns()
         payload = columns.read("payload_json", payload)
@@ -175,4 +175,6 @@ class DeliveryJobs(ClaimsInOrder, LeasedQueue):
             destination=destination,
             lease=lease,
             unreadable=columns.unreadable,
+            created_at=created_at,
+            integration_id=job_integration,
         )

@@ -29,7 +29,7 @@ FROM chosen
 LEFT JOIN notification_channels AS c ON c.channel_id = chosen.channel_id
 WHERE j.job_id = chosen.job_id
 RETURNING j.job_id, j.tenant_id, j.alert_id, j.channel_id, j.deliver_on_event, j.attempts,
-          j.payload_json::text, j.lease_expires_at,
+          j.payload_json::text, j.lease_expires_at, j.created_at,
           c.channel_id, c.tenant_id, c.channel_type, c.is_enabled, c.config::text
 """,
 )
@@ -82,7 +82,7 @@ class NotificationJobs(ClaimsInOrder, LeasedQueue):
         return len(reaped)
 
     def job_from_row(self, row: tuple[Any, ...]) -> Job:
-        (job_id, tenant_id, alert_id, channel_id, event, attempts, payload, lease, *channel) = row
+        (job_id, tenant_id, alert_id, channel_id, event, attempts, payload, lease, created_at, *channel) = row
         found_id, channel_tenant, channel_type, enabled, config = channel
         columns = JsonColumns()
         payload = columns.read("payload_json", payload)
@@ -107,4 +107,5 @@ class NotificationJobs(ClaimsInOrder, LeasedQueue):
             channel_id=channel_id,
             lease=lease,
             unreadable=columns.unreadable,
+            created_at=created_at,
         )

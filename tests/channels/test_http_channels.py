@@ -95,7 +95,14 @@ def test_connection_errors_and_timeouts_are_transient_and_hide_the_path(context)
     assert str(refused.value).startswith("cannot connect to hooks.example.test")
     assert "SECRETPATH" not in str(refused.value)
     responses.replace(responses.POST, URL, body=requests.ReadTimeout("read timed out"))
-    with pytest.raises(TransientError, match="timed out waiting for hooks.example.test"):
+    with pytest.raises(
+        TransientError, match=r"^read timeout after \d+\.\d s waiting for hooks.example.test$"
+    ):
+        channel.send(config, make_delivery())
+    responses.replace(responses.POST, URL, body=requests.ConnectTimeout("connect timed out"))
+    with pytest.raises(
+        TransientError, match=r"^connect timeout after \d+\.\d s connecting to hooks.example.test$"
+    ):
         channel.send(config, make_delivery())
 
 
