@@ -149,9 +149,15 @@ def scraped_worker(template_database: str, tmp_path_factory: pytest.TempPathFact
             integration = insert_integration(dsn, "webhook", config_json={"url": server.url("/ok")})
             insert_delivery_job(dsn, integration)
             assert wait_until(lambda: jobs_left(dsn) == 0, timeout=60), worker.log()[-3000:]
-            prom.wait_until("sum(delivery_worker_jobs_completed_total) >= 5")
-            prom.wait_until("sum(delivery_worker_jobs_retried_total) >= 1")
-            prom.wait_until("sum(delivery_worker_jobs_failed_total) >= 1")
+            statuses = "SELECT status, count(*) AS n FROM {table} GROUP BY status ORDER BY status"
+            assert execute(dsn, statuses.format(table="notification_jobs")) == [
+                {"status": "COMPLETED", "n": 4},
+                {"status": "FAILED", "n": 1},
+            ]
+            assert execute(dsn, statuses.format(table="delivery_jobs")) == [{"status": "COMPLETED", "n": 1}]
+            prom.wait_until("sum(delivery_worker_jobs_completed_total) == 5")
+            prom.wait_until("sum(delivery_worker_jobs_retried_total) == 1")
+            prom.wait_until("sum(delivery_worker_jobs_failed_total) == 1")
             prom.wait_until('max(delivery_worker_queue_failed_recent_jobs{table="notification_jobs"}) >= 1')
             yield Scraped(prom, f"127.0.0.1:{port}")
     finally:
