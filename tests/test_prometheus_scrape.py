@@ -131,7 +131,7 @@ def scraped_worker(template_database: str, tmp_path_factory: pytest.TempPathFact
     """A worker that completed, retried and failed jobs of both tables, scraped by a real Prometheus."""
     require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus-scrape")
-    name = f"dw_prom_{uuid.uuid4().hex[:12]}"
+    name = f"dw_test_{uuid.uuid4().hex[:12]}"
     dsn = create_database(name, template=template_database)
     server = RecordingServer().start()
     server.script("/flaky", Reply(500), Reply(200))  # one retry, then delivered
