@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.servers.prometheus import require_tool
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -46,3 +48,13 @@ def test_every_alert_has_a_unit_test_and_a_runbook_section():
         assert f"alertname: {alert}" in tests, f"{alert} has no promtool test"
         assert f"#{alert.lower()}" in rules, f"{alert} has no runbook_url"
         assert f"### {alert.lower()}" in runbook, f"docs/alerting.md has no section for {alert}"
+
+
+def test_a_missing_promtool_skips_locally_and_fails_under_ci(monkeypatch):
+    monkeypatch.setattr("tests.servers.prometheus.tool_binary", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install prometheus"):
+        require_tool("promtool")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="promtool is not installed"):
+        require_tool("promtool")
