@@ -6,6 +6,7 @@ annotations exactly). Skipped without promtool locally; under CI (env CI set) a 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -58,3 +59,17 @@ def test_a_missing_promtool_skips_locally_and_fails_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="promtool is not installed"):
         require_tool("promtool")
+
+
+def test_log_events_the_runbook_names_are_ones_the_worker_logs():
+    """The descriptions and runbook send on-call people to log lines: those lines must exist."""
+    root = CONFIG.parent
+    code = "\n".join(
+        path.read_text() for path in [*root.glob("delivery_worker/**/*.py"), *root.glob("channels/**/*.py")]
+    )
+    text = RULES.read_text() + (root / "docs" / "alerting.md").read_text()
+    prefixes = ("database", "metrics", "job", "jobs", "lease", "circuit", "task", "outcome", "shutdown")
+    named = {name for name in re.findall(r"\b([a-z]+\.[a-z_]+)\b", text) if name.split(".")[0] in prefixes}
+    named -= {"metrics.md"}
+    assert {"database.unavailable", "metrics.queue_sample_failed", "circuit.opened", "job.overdue"} <= named
+    assert sorted(name for name in named if f'"{name}"' not in code) == []
