@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +27,8 @@ from tests.dashboard import (
     rule_expressions,
     substitute,
 )
-from tests.processes import wait_until, worker_env
+from tests.metrics_worker import MetricsWorker, free_port
+from tests.processes import wait_until
 from tests.rows import (
     execute,
     insert_channel,
@@ -42,65 +37,9 @@ from tests.rows import (
     insert_notification_job,
 )
 from tests.servers.http import RecordingServer, Reply
-from tests.servers.prometheus import JOB, Prometheus, prometheus, require_tool
+from tests.servers.prometheus import JOB, Prometheus, prometheus, require_tool, single_value
 
 FINISHED = "SELECT count(*) AS n FROM {table} WHERE status IN ('PENDING', 'PROCESSING')"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Worker:
-    """`delivery-worker run` in a child process, its JSON log lines in a file."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @classmethod
-    def start(cls, dsn: str, port: int, log_path: Path) -> Worker:
-        env = worker_env(
-            dsn, metrics_port=str(port), metrics_host="127.0.0.1", metrics_queue_sample_seconds="1"
-        )
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "delivery_worker", "--config", "/dev/null", "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        worker = cls(process, port, log_path)
-        assert wait_until(worker.serves_metrics, timeout=30), f"no /metrics: {worker.log()[-3000:]}"
-        return worker
-
-    def serves_metrics(self) -> bool:
-        assert self.process.poll() is None, f"worker exited: {self.log()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def value(result: list[dict[str, Any]]) -> float:
-    assert len(result) == 1, result
-    return float(result[0]["value"][1])
 
 
 def jobs_left(dsn: str) -> int:
@@ -113,11 +52,6 @@ def jobs_left(dsn: str) -> int:
 def evaluated_at(timestamp: str) -> datetime:
     """Prometheus' RFC 3339 time with nanoseconds, to the microsecond."""
     return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", timestamp).replace("Z", "+00:00"))
-
-
-def wait_for_scrapes(prom: Prometheus, count: int = 3) -> None:
-    """Until Prometheus holds ``count`` successful scrapes of the worker in its last minute."""
-    prom.wait_until(f'sum_over_time(up{{job="{JOB}"}}[1m]) >= {count}')
 
 
 @dataclass
@@ -137,10 +71,10 @@ def scraped_worker(template_database: str, tmp_path_factory: pytest.TempPathFact
     server.script("/flaky", Reply(500), Reply(200))  # one retry, then delivered
     server.script("/bad", Reply(400, body=b"rejected"))  # permanent: FAILED at once
     port = free_port()
-    worker = Worker.start(dsn, port, workdir / "worker.log")
+    worker = MetricsWorker.start(dsn, port, workdir / "worker.log")
     try:
         with prometheus(workdir, targets=[f"127.0.0.1:{port}"], rule_files=[RULES]) as prom:
-            wait_for_scrapes(prom)  # counters seen before the jobs, so rates see them move
+            prom.wait_for_scrapes()  # counters seen before the jobs, so rates see them move
             ok = insert_channel(dsn, "webhook", {"url": server.url("/ok")})
             for _ in range(3):
                 insert_notification_job(dsn, ok)
@@ -237,25 +171,27 @@ def test_first_failure_after_a_restart_moves_increase_above_zero(database, http_
     http_server.script("/bad", *[Reply(400, body=b"rejected")] * 2)
     port = free_port()
     increase = 'sum(increase(delivery_worker_jobs_failed_total{table="notification_jobs"}[5m]))'
-    worker = Worker.start(database, port, tmp_path / "worker-1.log")
+    worker = MetricsWorker.start(database, port, tmp_path / "worker-1.log")
     try:
         with prometheus(tmp_path / "prom", targets=[f"127.0.0.1:{port}"]) as prom:
-            wait_for_scrapes(prom)
-            assert value(prom.query(increase)) == 0  # the series exist, at 0, before any failure
+            prom.wait_for_scrapes()
+            assert prom.value(increase) == 0  # the series exist, at 0, before any failure
 
             insert_notification_job(database, failing)
-            first = value(prom.wait_until(f"{increase} > 0"))  # the first failure after the start
+            first = single_value(prom.wait_until(f"{increase} > 0"))  # the first failure after the start
 
             worker.stop()
             prom.wait_until(f'up{{job="{JOB}"}} == 0')
-            worker = Worker.start(database, port, tmp_path / "worker-2.log")
+            worker = MetricsWorker.start(database, port, tmp_path / "worker-2.log")
             restarted = time.time()
             prom.wait_until(f"delivery_worker_last_poll_timestamp_seconds > {restarted}")
-            before = value(prom.query(increase))
+            before = prom.value(increase)
             assert before == pytest.approx(first, abs=0.5)  # the reset to 0 is not counted as failures
 
             insert_notification_job(database, failing)
-            after = value(prom.wait_until(f"{increase} > {before + 0.5}"))  # the first after the restart
+            after = single_value(
+                prom.wait_until(f"{increase} > {before + 0.5}")
+            )  # the first after the restart
             assert after == pytest.approx(2, abs=0.6)
             failed = execute(database, "SELECT count(*) AS n FROM notification_jobs WHERE status = 'FAILED'")
             assert failed[0]["n"] == 2

@@ -92,6 +92,14 @@ class Prometheus:
         assert data["resultType"] == "vector", f"{expr}: {data['resultType']}"
         return list(data["result"])
 
+    def value(self, expr: str) -> float:
+        """The value of an instant query that must return exactly one series."""
+        return single_value(self.query(expr))
+
+    def wait_for_scrapes(self, count: int = 3) -> None:
+        """Until Prometheus holds ``count`` successful scrapes of job delivery-worker in its last minute."""
+        self.wait_until(f'sum_over_time(up{{job="{JOB}"}}[1m]) >= {count}')
+
     def metric_names(self) -> set[str]:
         return set(self.api("label/__name__/values"))
 
@@ -111,6 +119,11 @@ class Prometheus:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def single_value(result: list[dict[str, Any]]) -> float:
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
 
 
 def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
