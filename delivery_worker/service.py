@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -78,7 +78,14 @@ def listen_address(settings: Settings, environment: ProcessEnvironment) -> tuple
 class Monitoring:
     """The metrics, the thread sampling queue depth, and the HTTP listener serving both."""
 
-    def __init__(self, settings: Settings, address: tuple[str, int], channel_types: list[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        address: tuple[str, int],
+        channel_types: list[str],
+        *,
+        sample_queues: bool = True,
+    ) -> None:
         self.metrics = WorkerMetrics(channel_types)
         health = HealthCheck(
             settings.database.dsn,
@@ -90,17 +97,47 @@ class Monitoring:
             self.server = HealthServer(host, port, self.metrics.registry, health)
         except OSError as exc:
             raise CannotListen(f"cannot listen on {host}:{port} for /metrics and /healthz: {exc}") from None
-        self.sampler = QueueSampler(
-            self.metrics, settings.database.dsn, settings.metrics.queue_sample_seconds
+        # Of several worker processes under one `run`, one samples the queues (supervisor.py).
+        self.sampler = (
+            QueueSampler(self.metrics, settings.database.dsn, settings.metrics.queue_sample_seconds)
+            if sample_queues
+            else None
         )
 
     def start(self) -> None:
-        self.sampler.start()
+        if self.sampler is not None:
+            self.sampler.start()
         self.server.start()
 
     def stop(self) -> None:
         self.server.stop()
-        self.sampler.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
+
+
+def off_the_main_thread(loop: Callable[[], int]) -> int:
+    """Run ``loop`` on a thread of its own and wait for it; its result, or its exception.
+
+    Python runs signal handlers in the main thread only, between bytecodes. A poll loop on the main
+    thread blocked in a database call (a frozen database: until the statement timeout, 20 s) would
+    hold SIGTERM back that long, and with it the shutdown watcher that cuts the connection at
+    ``shutdown_timeout``. Waiting here instead, the main thread takes the signal at once."""
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(loop())
+        except BaseException as exc:  # handed to the main thread, which raises it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="poll-loop")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def run_worker(
@@ -109,6 +146,9 @@ def run_worker(
     drain: bool = False,
     environment: ProcessEnvironment | None = None,
     stopping: threading.Event | None = None,
+    listen_at: tuple[str, int] | None = None,
+    sample_queues: bool = True,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
     """Run until a signal (or, with drain, until the queues are empty).
 
@@ -116,6 +156,10 @@ def run_worker(
     caller stop the worker as a signal would. An unreachable database is waited for (a signal
     ends the wait); with ``drain`` it raises DatabaseUnavailable at once instead. Raises
     SchemaNotReady, MissingPrivileges or CannotListen when it cannot start.
+
+    For a worker process under supervisor.py: ``listen_at`` replaces the configured metrics address
+    (port 0: any free port, told to ``on_listening``), and ``sample_queues`` False leaves the queue
+    gauges to another process.
     """
     if environment is None:
         environment = ProcessEnvironment.read(os.environ)
@@ -127,10 +171,12 @@ def run_worker(
     registry = build_registry(settings, pool_size=settings.worker.threads)
     monitoring: Monitoring | None = None
     try:
-        address = listen_address(settings, environment)
+        address = listen_at or listen_address(settings, environment)
         if address is not None:  # listen first: /healthz says 503 (and why) while the database is awaited
-            monitoring = Monitoring(settings, address, registry.types)
+            monitoring = Monitoring(settings, address, registry.types, sample_queues=sample_queues)
             monitoring.start()
+            if on_listening is not None:
+                on_listening(monitoring.server.port)
         if not connect_and_check(settings.database.dsn, stopping, notifier, wait=not drain):
             signals.log_received()
             log.info("worker.stopped", reason="signal while waiting for the database")
@@ -166,7 +212,7 @@ def run_worker(
             metrics=f"{monitoring.server.host}:{monitoring.server.port}" if monitoring else None,
         )
         notifier.notify("READY=1", f"STATUS=delivering with {settings.worker.threads} threads")
-        abandoned = poller.run(drain=drain)
+        abandoned = off_the_main_thread(lambda: poller.run(drain=drain))
     finally:
         if monitoring is not None:
             monitoring.stop()
