@@ -43,6 +43,7 @@ from delivery_worker.digest import DigestPlanner, Task
 from delivery_worker.heartbeat import Heartbeat
 from delivery_worker.jobs import Job, Outcome
 from delivery_worker.listener import NotificationListener
+from delivery_worker.logs import write_held_log_lines
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
 from delivery_worker.queues.claim_order import running_by_destination
@@ -114,7 +115,8 @@ class Poller:
         # starts its next job at once instead of waiting for the next claim's round trip. A quarter of
         # the pool: enough to cover a cycle, few enough that a more urgent job claimed next cycle
         # waits behind at most threads/4 others (the claim order, docs/storms-claim.md).
-        self.capacity = self.threads + self.threads // 4
+        self.ahead = self.threads // 4
+        self.capacity = self.threads + self.ahead
         self.finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.in_flight: dict[str, Running] = {}  # by job key: never two deliveries of one job
         self.claims = Claims(settings.worker.lease_seconds)  # running or unwritten, by job key
@@ -163,6 +165,7 @@ class Poller:
                 self.observer.poll_ticked(
                     database_ok=self.outage_since is None, in_flight=len(self.in_flight)
                 )
+                write_held_log_lines()
                 if self.stopping.is_set():
                     times = self._shutdown_times()
                     if not self.in_flight:

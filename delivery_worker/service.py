@@ -22,6 +22,7 @@ from delivery_worker.db import DatabaseUnavailable
 from delivery_worker.delivery import Deliverer
 from delivery_worker.destinations import DestinationGuard
 from delivery_worker.health import HealthCheck, HealthServer, staleness_bound
+from delivery_worker.logs import write_held_log_lines
 from delivery_worker.metrics import QueueSampler, WorkerMetrics
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.poller import Poller
@@ -219,6 +220,7 @@ def run_worker(
         registry.close()
         signals.uninstall()
     log.info("worker.stopped", reason="drained" if drain and not stopping.is_set() else "signal")
+    write_held_log_lines()
     if abandoned:
         # Threads stuck in network I/O cannot be interrupted; their jobs are already put back.
         sys.stdout.flush()
