@@ -28,6 +28,7 @@ import structlog
 from psycopg2.extensions import cursor
 
 from channels.errors import TransientError
+from delivery_worker.claim_ahead import ClaimAhead
 from delivery_worker.claims import Claims
 from delivery_worker.config import Settings
 from delivery_worker.db import (
@@ -41,7 +42,7 @@ from delivery_worker.db import (
 from delivery_worker.delivery import Deliverer
 from delivery_worker.digest import DigestPlanner, Task
 from delivery_worker.heartbeat import Heartbeat
-from delivery_worker.jobs import Job, Outcome
+from delivery_worker.jobs import Job, Outcome, Verdict
 from delivery_worker.listener import NotificationListener
 from delivery_worker.logs import write_held_log_lines
 from delivery_worker.observer import Observers, PollObserver
@@ -111,12 +112,7 @@ class Poller:
         self.stopping = stopping
         self.wake = threading.Event()
         self.threads = settings.worker.threads
-        # Tasks claimed beyond the free threads wait in the pool's queue, so a thread that finishes
-        # starts its next job at once instead of waiting for the next claim's round trip. A quarter of
-        # the pool: enough to cover a cycle, few enough that a more urgent job claimed next cycle
-        # waits behind at most threads/4 others (the claim order, docs/storms-claim.md).
-        self.ahead = self.threads // 4
-        self.capacity = self.threads + self.ahead
+        self.ahead = ClaimAhead(self.threads, settings.worker.batch_size)  # tasks claimed beyond threads
         self.finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.in_flight: dict[str, Running] = {}  # by job key: never two deliveries of one job
         self.claims = Claims(settings.worker.lease_seconds)  # running or unwritten, by job key
@@ -244,7 +240,7 @@ class Poller:
     def _should_poll_again_now(self, claimed: list[Task]) -> bool:
         """A full claim means more may be waiting; claim again at once if threads are free."""
         full = sum(len(task) for task in claimed) >= self.settings.worker.batch_size
-        return bool(claimed) and full and self._threads_busy() < self.capacity
+        return bool(claimed) and full and self._threads_busy() < self.threads + self.ahead.tasks
 
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
@@ -315,6 +311,8 @@ class Poller:
                 break
             if self.in_flight.pop(outcome.job.key, None) is not None:
                 self.unwritten[outcome.job.key] = Unwritten(outcome)
+                if outcome.verdict is not Verdict.DEFERRED:
+                    self.ahead.job_took((outcome.finished_at - outcome.started_at).total_seconds())
             # else it was abandoned at shutdown and its put-back outcome is already waiting
 
     # --- database --------------------------------------------------------------------------------
@@ -336,7 +334,7 @@ class Poller:
                 renewals = self.heartbeat.renew(cur, skip=report.done_keys)
                 if not self.replaying:
                     self.reaper.reap_if_due(cur)
-                    free = self.capacity - self._threads_busy()
+                    free = self.threads + self.ahead.tasks - self._threads_busy()
                     if claim and free > 0 and not self.stopping.is_set():
                         claimed = self._claim_in_savepoint(cur, free)
                         # An empty claim is not proof that nothing is due (another worker may have
@@ -348,6 +346,7 @@ class Poller:
             return []
         self._written(report)
         self.heartbeat.committed(renewals, started)
+        self.ahead.cycle_took(time.monotonic() - started)
         if self.replaying:
             self._replayed(report)
         if claimed:
