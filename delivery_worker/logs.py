@@ -86,17 +86,29 @@ def line_writer_factory(file: TextIO | None = None) -> Any:
     return lambda *_args: writer
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", *, process: int | None = None) -> None:
+    """``process``: in a worker process of ``[worker] processes``, its index, added to every line
+    that does not name a process already (supervisor.py)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if process is not None:
+        processors.append(_naming_process(process))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
+        processors=[*processors, structlog.processors.JSONRenderer(sort_keys=False)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=line_writer_factory(),
         cache_logger_on_first_use=True,
     )
+
+
+def _naming_process(index: int) -> Any:
+    def add_process(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("process", index)
+        return event
+
+    return add_process

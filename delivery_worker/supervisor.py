@@ -113,7 +113,7 @@ class ProcessPlan:
 
 def process_main(plan: ProcessPlan, stop: Connection, report: Connection) -> None:
     """The entry point of a worker process (module level, so that spawn can import it)."""
-    configure_logging(plan.settings.logging.level)
+    configure_logging(plan.settings.logging.level, process=plan.index)
     stopping = threading.Event()
 
     def stop_when_told() -> None:

@@ -10,9 +10,11 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
+from delivery_worker.config import ConfigError, load_settings
 from delivery_worker.metrics_merge import merge_expositions
 from delivery_worker.supervisor import settings_for_process
 from tests.processes import STARTED, start_worker, wait_until, worker_env
@@ -63,6 +65,9 @@ def test_two_processes_drain_a_batch_delivering_each_job_once(database, http_ser
     assert all(record["threads"] == 2 for record in started)  # the 4 threads shared
     assert len(events(out, "process.exited")) == 2
     assert events(out, "worker.stopped")[-1]["processes"] == 2
+    completed = events(out, "job.completed")
+    assert len(completed) == 40
+    assert {record["process"] for record in completed} <= {0, 1}  # each line names its process
 
 
 def test_sigterm_lets_both_processes_finish_their_jobs_then_exits_0(database, http_server):
@@ -243,3 +248,9 @@ def test_merging_sums_counters_and_histograms_and_applies_each_gauge_rule():
     assert merged[("delivery_worker_database_up", frozenset())] == 0  # the worst
     assert merged[("delivery_worker_last_poll_timestamp_seconds", frozenset())] == 200.0  # the latest
     assert merged[("delivery_worker_queue_pending_jobs", frozenset({("table", "t")}))] == 7  # process 0's
+
+
+def test_more_processes_than_threads_is_a_config_error():
+    environ = {"DELIVERY_WORKER_WORKER_PROCESSES": "4", "DELIVERY_WORKER_WORKER_THREADS": "2"}
+    with pytest.raises(ConfigError, match=r"\[worker\] processes: must be <= threads"):
+        load_settings("/dev/null", environ=environ)
