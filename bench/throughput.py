@@ -151,10 +151,12 @@ def urllib3_poster(threads: int) -> tuple[Callable[[str, bytes, dict[str, str]],
 POSTERS = {"requests": requests_poster, "urllib3": urllib3_poster}
 
 
-def http_limit(sink: Sink, bodies: list[tuple[str, bytes]], threads: int, client: str) -> Pass:
+def http_limit(
+    sink: Sink, bodies: list[tuple[str, bytes]], threads: int, client: str, *, path: str = "/hook"
+) -> Pass:
     """Post every body from a bare thread pool with the same headers, and no database."""
     post, close = POSTERS[client](threads)
-    url = sink.url("/hook")
+    url = sink.url(path)
     work: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     for item in bodies:
         work.put(item)

@@ -61,7 +61,11 @@ class Watchdog:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="deadline-watchdog", daemon=True)
                 self.thread.start()
-            self.lock.notify()
+            # Only a deadline earlier than every other changes what the thread waits for. Deadlines
+            # are mostly "now + the same timeout", so this spares a thread wake-up (and a GIL
+            # hand-off) per attempt.
+            if self.heap[0][2] is armed:
+                self.lock.notify()
         return armed
 
     def _run(self) -> None:

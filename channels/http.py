@@ -253,8 +253,10 @@ class HttpClient:
             raise InvalidChannelConfig(f"invalid URL for {host}: {type(exc).__name__}") from None
         with response:
             status = response.status_code
-            if 200 <= status < 300 and not _small_body(response):
-                return Receipt(http_status=status)  # not read: closing drops the connection
+            if 200 <= status < 300:
+                if _small_body(response):  # read, so that the connection goes back to the pool
+                    read_capped(response)
+                return Receipt(http_status=status)  # a large body is not read: closing drops the connection
             text = redact(read_capped(response).decode("utf-8", "replace"), secrets)
             return _judge(status, service, text, response.headers.get("Retry-After"))
 

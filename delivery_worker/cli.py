@@ -151,6 +151,10 @@ def run(settings: Settings, *, drain: bool) -> int:
     from delivery_worker.service import CannotListen, MissingPrivileges, SchemaNotReady, run_worker
 
     try:
+        if settings.worker.processes > 1:  # several worker processes under this one (supervisor.py)
+            from delivery_worker.supervisor import run_processes
+
+            return run_processes(settings, drain=drain)
         run_worker(settings, drain=drain)
     except (DatabaseUnavailable, SchemaNotReady, MissingPrivileges, CannotListen) as exc:
         print(f"delivery-worker: {exc}", file=sys.stderr)

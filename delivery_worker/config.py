@@ -82,6 +82,8 @@ class WorkerSettings:
     max_priority_wait_seconds: float = 60.0
     # Most jobs one channel/integration may have running in this worker; 0 means `threads`.
     max_in_flight_per_destination: int = 4
+    # Worker processes under one `run`, sharing threads, caps and rate limits (delivery_worker/supervisor.py).
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "state_dir": ("", _optional_text),
         "max_priority_wait_seconds": ("60", _float(0)),
         "max_in_flight_per_destination": ("4", _int(0, 512)),
+        "processes": ("1", _int(1, 32)),
     },
     "http": {
         "connect_timeout": ("5", _float(0, exclusive=True)),
@@ -382,6 +385,11 @@ def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None
         raise ConfigError(
             "[worker] backoff_max_seconds: must be >= backoff_base_seconds "
             f"({worker['backoff_max_seconds']:g} < {worker['backoff_base_seconds']:g})"
+        )
+    if worker["processes"] > worker["threads"]:
+        raise ConfigError(
+            "[worker] processes: must be <= threads, which they share "
+            f"({worker['processes']} > {worker['threads']})"
         )
     database = values["database"]
     database["migrate_dsn"] = database["migrate_dsn"] or database["dsn"]

@@ -180,12 +180,12 @@ class Deliverer:
     def _send_with_quick_retries(
         self, channel: Channel, config: ChannelConfig, delivery: Delivery, retries: QuickRetries
     ) -> Receipt:
-        for attempt in self.policy.quick_retrying(
-            self.stopping, deadline=delivery.deadline, before_retry=retries
-        ):
-            with attempt:
-                return channel.send(config, delivery)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        return self.policy.send_with_quick_retries(
+            lambda: channel.send(config, delivery),
+            self.stopping,
+            deadline=delivery.deadline,
+            before_retry=retries,
+        )
 
     def _outcome(
         self,
@@ -357,12 +357,12 @@ class Deliverer:
     def _send_digest_with_quick_retries(
         self, channel: DigestChannel, config: ChannelConfig, digest: Digest, retries: QuickRetries
     ) -> Receipt:
-        for attempt in self.policy.quick_retrying(
-            self.stopping, deadline=digest.deadline, before_retry=retries
-        ):
-            with attempt:
-                return channel.send_digest(config, digest)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        return self.policy.send_with_quick_retries(
+            lambda: channel.send_digest(config, digest),
+            self.stopping,
+            deadline=digest.deadline,
+            before_retry=retries,
+        )
 
     def _log_digest(self, digest: Digest, jobs: list[Job], outcomes: list[Outcome]) -> None:
         """One line for the whole digest, naming every job it covered."""

@@ -28,6 +28,7 @@ import structlog
 from psycopg2.extensions import cursor
 
 from channels.errors import TransientError
+from delivery_worker.claim_ahead import ClaimAhead
 from delivery_worker.claims import Claims
 from delivery_worker.config import Settings
 from delivery_worker.db import (
@@ -41,8 +42,9 @@ from delivery_worker.db import (
 from delivery_worker.delivery import Deliverer
 from delivery_worker.digest import DigestPlanner, Task
 from delivery_worker.heartbeat import Heartbeat
-from delivery_worker.jobs import Job, Outcome
+from delivery_worker.jobs import Job, Outcome, Verdict
 from delivery_worker.listener import NotificationListener
+from delivery_worker.logs import write_held_log_lines
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.queues import JobQueue
 from delivery_worker.queues.claim_order import running_by_destination
@@ -110,6 +112,7 @@ class Poller:
         self.stopping = stopping
         self.wake = threading.Event()
         self.threads = settings.worker.threads
+        self.ahead = ClaimAhead(self.threads, settings.worker.batch_size)  # tasks claimed beyond threads
         self.finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.in_flight: dict[str, Running] = {}  # by job key: never two deliveries of one job
         self.claims = Claims(settings.worker.lease_seconds)  # running or unwritten, by job key
@@ -158,6 +161,7 @@ class Poller:
                 self.observer.poll_ticked(
                     database_ok=self.outage_since is None, in_flight=len(self.in_flight)
                 )
+                write_held_log_lines()
                 if self.stopping.is_set():
                     times = self._shutdown_times()
                     if not self.in_flight:
@@ -241,7 +245,7 @@ class Poller:
     def _should_poll_again_now(self, claimed: list[Task]) -> bool:
         """A full claim means more may be waiting; claim again at once if threads are free."""
         full = sum(len(task) for task in claimed) >= self.settings.worker.batch_size
-        return bool(claimed) and full and self._threads_busy() < self.threads
+        return bool(claimed) and full and self._threads_busy() < self.threads + self.ahead.tasks
 
     def _wait_seconds(self) -> float:
         wait = self.reconnect_delay if self.outage_since is not None else self.settings.worker.poll_interval
@@ -312,6 +316,8 @@ class Poller:
                 break
             if self.in_flight.pop(outcome.job.key, None) is not None:
                 self.unwritten[outcome.job.key] = Unwritten(outcome)
+                if outcome.verdict is not Verdict.DEFERRED:
+                    self.ahead.job_took((outcome.finished_at - outcome.started_at).total_seconds())
             # else it was abandoned at shutdown and its put-back outcome is already waiting
 
     # --- database --------------------------------------------------------------------------------
@@ -333,7 +339,7 @@ class Poller:
                 renewals = self.heartbeat.renew(cur, skip=report.done_keys)
                 if not self.replaying:
                     self.reaper.reap_if_due(cur)
-                    free = self.threads - self._threads_busy()
+                    free = self.threads + self.ahead.tasks - self._threads_busy()
                     if claim and free > 0 and not self.stopping.is_set():
                         claimed = self._claim_in_savepoint(cur, free)
                         # An empty claim is not proof that nothing is due (another worker may have
@@ -345,6 +351,7 @@ class Poller:
             return []
         self._written(report)
         self.heartbeat.committed(renewals, started)
+        self.ahead.cycle_took(time.monotonic() - started)
         if self.replaying:
             self._replayed(report)
         if claimed:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import tenacity
 
@@ -26,6 +27,8 @@ QUICK_WAIT_INITIAL = 0.2
 QUICK_WAIT_MAX = 2.0
 # A quick retry needs at least this long before the attempt's deadline to be worth starting.
 QUICK_RETRY_MIN_WINDOW = 0.5
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,44 @@ class RetryPolicy:
             delay = min(max(error.retry_after, 0.0), self.backoff_max_seconds)
         return Verdict.RETRY, delay
 
+    def send_with_quick_retries(
+        self,
+        send: Callable[[], T],
+        stopping: threading.Event,
+        *,
+        deadline: float | None,
+        sleep: Callable[[float], None] | None = None,
+        before_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+    ) -> T:
+        """``send()``, retried in-process as ``quick_retrying`` says.
+
+        Nearly every send succeeds or fails for good at once, so the tenacity loop (a few dozen
+        objects) is only built after a first quick-retryable failure; that failure then counts as
+        its first try and its duration against the budget, exactly as if the loop had run it."""
+        started = time.monotonic()
+        try:
+            return send()
+        except TransientError as exc:
+            if self.quick_retries == 0 or not quick_retryable(exc):
+                raise
+            first: TransientError | None = exc
+        retrying = self.quick_retrying(
+            stopping,
+            deadline=deadline,
+            sleep=sleep,
+            before_retry=before_retry,
+            spent=time.monotonic() - started,
+        )
+
+        def replay_first_then_send() -> T:
+            nonlocal first
+            if first is not None:
+                error, first = first, None
+                raise error
+            return send()
+
+        return retrying(replay_first_then_send)
+
     def quick_retrying(
         self,
         stopping: threading.Event,
@@ -74,24 +115,23 @@ class RetryPolicy:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         before_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+        spent: float = 0.0,
     ) -> tenacity.Retrying:
         """Tenacity loop for one attempt: retries TransientErrors whose Retry-After fits the budget,
         and never waits past ``deadline`` (a ``time.monotonic()`` value; None: no deadline).
-        ``before_retry`` is called before each quick retry's wait (to log and count it)."""
+        ``before_retry`` is called before each quick retry's wait (to log and count it); ``spent``:
+        seconds of the budget already used (by a first try made outside the loop)."""
 
         def retryable(state: tenacity.RetryCallState) -> bool:
             if state.outcome is None or not state.outcome.failed:
                 return False
-            error = state.outcome.exception()
-            if not isinstance(error, TransientError) or error.slow:
-                return False
-            return error.retry_after is None or error.retry_after <= QUICK_WAIT_MAX
+            return quick_retryable(state.outcome.exception())
 
         return tenacity.Retrying(
             retry=retryable,
             stop=(
                 tenacity.stop_after_attempt(self.quick_retries + 1)
-                | tenacity.stop_after_delay(self.quick_retry_budget_seconds)
+                | tenacity.stop_after_delay(max(0.0, self.quick_retry_budget_seconds - spent))
                 | tenacity.stop_when_event_set(stopping)
                 | StopBeforeDeadline(deadline, clock)
             ),
@@ -100,6 +140,14 @@ class RetryPolicy:
             before_sleep=before_retry,
             reraise=True,
         )
+
+
+def quick_retryable(error: BaseException | None) -> bool:
+    """A TransientError worth retrying within the attempt: not a slow one (a timeout), and any
+    Retry-After short enough to wait for."""
+    if not isinstance(error, TransientError) or error.slow:
+        return False
+    return error.retry_after is None or error.retry_after <= QUICK_WAIT_MAX
 
 
 class StopBeforeDeadline(tenacity.stop.stop_base):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -22,6 +22,7 @@ from delivery_worker.db import DatabaseUnavailable
 from delivery_worker.delivery import Deliverer
 from delivery_worker.destinations import DestinationGuard
 from delivery_worker.health import HealthServer, LoopLiveness, ReadinessCheck, staleness_bound
+from delivery_worker.logs import write_held_log_lines
 from delivery_worker.metrics import QueueSampler, WorkerMetrics
 from delivery_worker.observer import Observers, PollObserver
 from delivery_worker.poller import Poller
@@ -85,6 +86,8 @@ class Monitoring:
         address: tuple[str, int],
         channel_types: list[str],
         stopping: threading.Event,
+        *,
+        sample_queues: bool = True,
     ) -> None:
         self.metrics = WorkerMetrics(channel_types)
         self.liveness = LoopLiveness(staleness_bound(settings.worker.poll_interval))
@@ -94,20 +97,52 @@ class Monitoring:
             self.server = HealthServer(host, port, self.metrics.registry, self.liveness, readiness)
         except OSError as exc:
             raise CannotListen(f"cannot listen on {host}:{port} for /metrics and the probes: {exc}") from None
-        self.sampler = QueueSampler(
-            self.metrics,
-            settings.database.dsn,
-            settings.metrics.queue_sample_seconds,
-            failed_window=settings.metrics.failed_window_seconds,
+        # Of several worker processes under one `run`, one samples the queues (supervisor.py).
+        self.sampler = (
+            QueueSampler(
+                self.metrics,
+                settings.database.dsn,
+                settings.metrics.queue_sample_seconds,
+                failed_window=settings.metrics.failed_window_seconds,
+            )
+            if sample_queues
+            else None
         )
 
     def start(self) -> None:
-        self.sampler.start()
+        if self.sampler is not None:
+            self.sampler.start()
         self.server.start()
 
     def stop(self) -> None:
         self.server.stop()
-        self.sampler.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
+
+
+def off_the_main_thread(loop: Callable[[], int]) -> int:
+    """Run ``loop`` on a thread of its own and wait for it; its result, or its exception.
+
+    Python runs signal handlers in the main thread only, between bytecodes. A poll loop on the main
+    thread blocked in a database call (a frozen database: until the statement timeout, 20 s) would
+    hold SIGTERM back that long, and with it the shutdown watcher that cuts the connection at
+    ``shutdown_timeout``. Waiting here instead, the main thread takes the signal at once."""
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(loop())
+        except BaseException as exc:  # handed to the main thread, which raises it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="poll-loop")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def run_worker(
@@ -116,6 +151,9 @@ def run_worker(
     drain: bool = False,
     environment: ProcessEnvironment | None = None,
     stopping: threading.Event | None = None,
+    listen_at: tuple[str, int] | None = None,
+    sample_queues: bool = True,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
     """Run until a signal (or, with drain, until the queues are empty).
 
@@ -123,6 +161,10 @@ def run_worker(
     caller stop the worker as a signal would. An unreachable database is waited for (a signal
     ends the wait); with ``drain`` it raises DatabaseUnavailable at once instead. Raises
     SchemaNotReady, MissingPrivileges or CannotListen when it cannot start.
+
+    For a worker process under supervisor.py: ``listen_at`` replaces the configured metrics address
+    (port 0: any free port, told to ``on_listening``), and ``sample_queues`` False leaves the queue
+    gauges to another process.
     """
     if environment is None:
         environment = ProcessEnvironment.read(os.environ)
@@ -138,11 +180,13 @@ def run_worker(
     registry = build_registry(settings, pool_size=settings.worker.threads)
     monitoring: Monitoring | None = None
     try:
-        address = listen_address(settings, environment)
+        address = listen_at or listen_address(settings, environment)
         # Listen first: while the database is awaited /readyz says 503 and /livez 200.
         if address is not None:
-            monitoring = Monitoring(settings, address, registry.types, stopping)
+            monitoring = Monitoring(settings, address, registry.types, stopping, sample_queues=sample_queues)
             monitoring.start()
+            if on_listening is not None:
+                on_listening(monitoring.server.port)
         alive = monitoring.liveness.tick if monitoring is not None else None
         if not connect_and_check(
             settings.database.dsn,
@@ -188,13 +232,14 @@ def run_worker(
             metrics=f"{monitoring.server.host}:{monitoring.server.port}" if monitoring else None,
         )
         notifier.notify("READY=1", f"STATUS=delivering with {settings.worker.threads} threads")
-        abandoned = poller.run(drain=drain)
+        abandoned = off_the_main_thread(lambda: poller.run(drain=drain))
     finally:
         if monitoring is not None:
             monitoring.stop()
         registry.close()
         signals.uninstall()
     log.info("worker.stopped", reason="drained" if drain and not stopping.is_set() else "signal")
+    write_held_log_lines()
     if abandoned:
         # Threads stuck in network I/O cannot be interrupted; their jobs are already put back.
         sys.stdout.flush()

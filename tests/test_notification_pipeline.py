@@ -273,7 +273,7 @@ def test_slow_endpoint_does_not_delay_the_rest_of_its_batch(database):
         fast.stop()
 
 
-def test_claims_never_exceed_free_threads(database, http_server):
+def test_claims_never_exceed_the_threads_plus_as_many_queued_ahead(database, http_server):
     http_server.script("/hook", *[Reply(200, delay=0.3)] * 20)
     channel = insert_channel(database, "webhook", {"url": http_server.url("/hook")})
     for _ in range(12):
@@ -289,5 +289,5 @@ def test_claims_never_exceed_free_threads(database, http_server):
         rows = execute(database, "SELECT count(*) AS n FROM notification_jobs WHERE status = 'PROCESSING'")
         peak = max(peak, rows[0]["n"])
         time.sleep(0.02)
-    assert 1 <= peak <= 3
+    assert 1 <= peak <= 6  # 3 running, at most 3 claimed ahead (delivery_worker/claim_ahead.py)
     assert len(http_server.received()) == 12

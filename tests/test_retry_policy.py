@@ -87,3 +87,42 @@ def test_long_retry_after_is_left_to_the_durable_backoff():
 def test_timeouts_are_not_retried_in_process():
     with pytest.raises(TransientError):
         run_quick(POLICY, [TransientError("timed out waiting for h", slow=True), TransientError("x")])
+
+
+def send_lazily(policy: RetryPolicy, errors: list[Exception]) -> tuple[str, int, list[float]]:
+    """The Deliverer's path: the tenacity loop is only built after a first quick-retryable failure."""
+    calls = 0
+    sleeps: list[float] = []
+
+    def send() -> str:
+        nonlocal calls
+        calls += 1
+        if errors:
+            raise errors.pop(0)
+        return "sent"
+
+    result = policy.send_with_quick_retries(send, threading.Event(), deadline=None, sleep=sleeps.append)
+    return result, calls, sleeps
+
+
+def test_first_try_outside_the_loop_counts_as_the_loops_first():
+    assert send_lazily(POLICY, []) == ("sent", 1, [])
+    result, calls, sleeps = send_lazily(POLICY, [TransientError("blip"), TransientError("blip")])
+    assert (result, calls, len(sleeps)) == ("sent", 3, 2)
+    with pytest.raises(TransientError, match="third"):
+        send_lazily(POLICY, [TransientError("first"), TransientError("second"), TransientError("third")])
+
+
+def test_errors_not_worth_a_quick_retry_end_the_attempt_at_once():
+    for error in (
+        PermanentError("no"),
+        TransientError("slow", slow=True),
+        TransientError("x", retry_after=60),
+    ):
+        errors: list[Exception] = [error]
+        with pytest.raises(type(error)):
+            send_lazily(POLICY, errors)
+        assert errors == []  # tried once
+    no_quick = RetryPolicy(5, 30, 7200, quick_retries=0, quick_retry_budget_seconds=10)
+    with pytest.raises(TransientError):
+        send_lazily(no_quick, [TransientError("blip")])
