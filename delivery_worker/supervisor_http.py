@@ -147,6 +147,11 @@ def _handler(listener: ProcessesListener) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self._answer(send_body=False)
 
+        def _not_allowed(self) -> None:  # as one worker process's listener answers (health.py)
+            self._reply(405, "text/plain; charset=utf-8", b"method not allowed: use GET or HEAD\n", True)
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
         def _answer(self, *, send_body: bool) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -154,10 +159,15 @@ def _handler(listener: ProcessesListener) -> type[BaseHTTPRequestHandler]:
             else:
                 status, body = listener.health(path)
                 content_type = "application/json" if status != 404 else "text/plain; charset=utf-8"
+            self._reply(status, content_type, body, send_body)
+
+        def _reply(self, status: int, content_type: str, body: bytes, send_body: bool) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if status == 405:
+                self.send_header("Allow", "GET, HEAD")
             self.end_headers()
             if send_body:
                 self.wfile.write(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -133,6 +134,16 @@ def test_one_port_serves_the_metrics_and_health_of_every_process(database, http_
         assert answer["status"] == "ok"
         assert [p["process"] for p in answer["processes"]] == [0, 1]
         assert all(p["http_status"] == 200 for p in answer["processes"])
+        for path in ("/livez", "/readyz"):
+            assert get(f"http://127.0.0.1:{port}{path}")[0] == 200
+        assert "_created" not in get(f"http://127.0.0.1:{port}/metrics")[1]
+        not_allowed = b"method not allowed: use GET or HEAD\n"
+        for method, expected in (("HEAD", (200, b"")), ("POST", (405, not_allowed))):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(method, "/readyz")
+            reply = conn.getresponse()
+            assert (reply.status, reply.read()) == expected
+            conn.close()
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=40) == 0
