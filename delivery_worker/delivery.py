@@ -39,7 +39,8 @@ class QuickRetries:
     """Logs each quick retry of one attempt (tenacity's ``before_sleep``) and counts them for the
     ``quick_retries_total`` metric: one line per extra request, with the error and the wait."""
 
-    def __init__(self, event: str, fields: dict[str, Any], secrets: set[str]) -> None:
+    def __init__(self, event: str, fields: Callable[[], dict[str, Any]], secrets: set[str]) -> None:
+        """``fields``: the ids the lines name, built only if a retry happens (not on every job)."""
         self.event = event
         self.fields = fields
         self.secrets = secrets
@@ -50,7 +51,7 @@ class QuickRetries:
         error = state.outcome.exception() if state.outcome is not None else None
         log.warning(
             self.event,
-            **self.fields,
+            **self.fields(),
             quick_retry=self.count,
             error=redact(str(error) or type(error).__name__, self.secrets) if error else None,
             wait_s=round(state.upcoming_sleep, 2),
@@ -83,7 +84,9 @@ class Deliverer:
         secrets: set[str] = set()
         receipt: Receipt | None = None
         error: DeliveryError | None = None
-        retries = QuickRetries("job.quick_retry", {**job.log_fields(), "attempt": job.attempt}, secrets)
+        retries = QuickRetries(
+            "job.quick_retry", lambda: {**job.log_fields(), "attempt": job.attempt}, secrets
+        )
         try:
             if job.destination is not None:
                 secrets.update(secret_values(job.destination.config))
@@ -308,7 +311,7 @@ class Deliverer:
         kind = jobs[0].destination.channel_type if jobs[0].destination else ""
         receipt: Receipt | None = None
         error: DeliveryError | None = None
-        retries = QuickRetries("digest.quick_retry", digest_fields(digest, jobs), secrets)
+        retries = QuickRetries("digest.quick_retry", lambda: digest_fields(digest, jobs), secrets)
         try:
             receipt = self._through_guard(
                 kind,

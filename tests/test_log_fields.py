@@ -78,6 +78,24 @@ def test_every_quick_retry_is_one_line_so_requests_and_lines_match(database, htt
     assert job(database, "notification_jobs", job_id)["status"] == "FAILED"
 
 
+def test_a_digest_quick_retry_is_one_line_naming_every_job_and_alert(database, http_server: RecordingServer):
+    http_server.script("/services/T0/B0/digest", Reply(503, b"busy"))  # then 200
+    channel = insert_channel(database, "slack", {"webhook_url": http_server.url("/services/T0/B0/digest")})
+    alerts = [700_001, 700_002, 700_003]
+    jobs = [insert_notification_job(database, channel, alert_id=alert) for alert in alerts]
+
+    lines = drained(database, worker_quick_retries="1")  # Slack is rate limited (1/s): one digest
+
+    assert len(http_server.received("/services/T0/B0/digest")) == 2
+    [retry] = named(lines, "digest.quick_retry")
+    [sent] = named(lines, "digest.sent")
+    for line in (retry, sent):
+        assert sorted(line["job_ids"]) == jobs and sorted(line["alert_ids"]) == alerts
+        assert line["channel_id"] == channel and line["tenant_id"] == "tenant-a"
+    assert retry["quick_retry"] == 1 and retry["error"] == "Slack returned HTTP 503: busy"
+    assert sent["quick_retries"] == 1
+
+
 def test_circuit_lines_name_the_integration_and_tenant(database, http_server: RecordingServer):
     http_server.script("/down", Reply(500))  # then 200: the probe after the cooldown closes it
     integration = insert_integration(
