@@ -13,7 +13,8 @@ headers or body is cut: ``DeadlineExceeded`` (transient).
 Every connection goes through the SSRF guard (channels/netguard.py): the host is resolved once, every
 address is checked against the ``AddressPolicy``, and the socket connects to a checked address. A
 refused address raises ``BlockedAddress`` (permanent). Redirects are never followed and proxies from
-the environment are ignored, since either would lead somewhere the guard did not check.
+the environment are ignored, since either would lead somewhere the guard did not check. Cookies are
+neither sent nor kept (channels/http_request.py): one session serves every tenant.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from channels.errors import (
     PermanentError,
     TransientError,
 )
+from channels.http_request import prepare_request
 from channels.netguard import AddressPolicy, GuardedAdapter, Resolver
 from channels.presentation import cut, one_line
 from channels.secrets import redact
@@ -147,7 +149,10 @@ def excerpt(text: str) -> str:
 
 
 class HttpClient:
-    """A shared requests.Session sized for the worker's threads; thread-safe for concurrent posts."""
+    """A shared requests.Session sized for the worker's threads; thread-safe for concurrent posts.
+
+    Requests are prepared by channels/http_request.py and sent by the session's adapter (what
+    ``Session.request`` would send, without its per-request merging and without cookies)."""
 
     def __init__(
         self,
@@ -225,15 +230,14 @@ class HttpClient:
         if delivery is not None:
             connect, read = delivery.time_left(connect), delivery.time_left(read)
         try:
-            response = self.session.request(
-                method,
-                url,
-                data=body,
-                headers=dict(headers),
+            request = prepare_request(method, url, body, headers, self.session.headers)
+            response = self.session.get_adapter(request.url or url).send(
+                request,
                 timeout=(connect, read),
-                allow_redirects=False,
                 verify=self.verify,
                 stream=True,  # the body is read here, at most BODY_CAP bytes of it
+                proxies={},
+                cert=None,
             )
         except requests.exceptions.SSLError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "doesn't match" in str(exc):

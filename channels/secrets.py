@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -34,19 +35,23 @@ HARMLESS_SEGMENTS = frozenset(
 )  # fmt: skip
 HARMLESS_QUERY_KEYS = frozenset({"api-version", "sp", "sv"})
 _VERSION = re.compile(r"v?\d{1,4}(\.\d{1,4})*", re.I)
+URL_CACHE_SIZE = 4096  # destinations
 
 
 def _matters(value: str) -> bool:
     return len(value) >= MIN_SECRET_CHARS and value.lower() not in HARMLESS_SEGMENTS
 
 
-def url_secrets(url: str) -> set[str]:
-    """The credential-bearing parts of a URL: userinfo, path, each path segment, query and values."""
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def url_secrets(url: str) -> frozenset[str]:
+    """The credential-bearing parts of a URL: userinfo, path, each path segment, query and values.
+
+    Cached: every job asks it of its destination's URL, some channels twice."""
     try:
         parts = urlsplit(url)
         username, password = parts.username, parts.password
     except ValueError:
-        return {url}
+        return frozenset({url})
     found = {url}
     for value in (username, password, parts.fragment):
         if value:
@@ -60,7 +65,7 @@ def url_secrets(url: str) -> set[str]:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key.lower() not in HARMLESS_QUERY_KEYS:
                 found.add(value)
-    return {value for value in found if _matters(value)}
+    return frozenset(value for value in found if _matters(value))
 
 
 def header_secrets(headers: Mapping[str, str]) -> set[str]:

@@ -31,6 +31,11 @@ class ClaimAhead:
         self.cycle_seconds = _average(self.cycle_seconds, max(seconds, 0.0))
 
     @property
+    def held_at_most(self) -> int:
+        """Tasks this worker can hold at once: one per thread plus the most it claims ahead."""
+        return self.threads + self.most
+
+    @property
     def tasks(self) -> int:
         if self.job_seconds is None or self.cycle_seconds is None:
             return self.least

@@ -10,8 +10,9 @@ carried by the ``Delivery``: channels cut their connection at it, quick retries 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from channels.errors import DeliveryError, PermanentError, TransientError
 from channels.registry import ChannelRegistry
 from delivery_worker.destinations import Deferred, DestinationGuard
 from delivery_worker.jobs import DeferralReason, Job, Outcome, Table, Verdict
-from delivery_worker.redaction import redact, redacted_error, secret_values
+from delivery_worker.redaction import LazySecrets, redact, redacted_error, secret_values
 from delivery_worker.retry import RetryPolicy
 
 log = structlog.get_logger("delivery_worker.delivery")
@@ -39,7 +40,7 @@ class QuickRetries:
     """Logs each quick retry of one attempt (tenacity's ``before_sleep``) and counts them for the
     ``quick_retries_total`` metric: one line per extra request, with the error and the wait."""
 
-    def __init__(self, event: str, fields: Callable[[], dict[str, Any]], secrets: set[str]) -> None:
+    def __init__(self, event: str, fields: Callable[[], dict[str, Any]], secrets: Iterable[str]) -> None:
         """``fields``: the ids the lines name, built only if a retry happens (not on every job)."""
         self.event = event
         self.fields = fields
@@ -81,7 +82,7 @@ class Deliverer:
         if self.stopping.is_set():  # claimed but not started before shutdown: put back, uncounted
             log.info("job.released", **job.log_fields(), attempt=job.attempt)
             return Outcome(job, Verdict.DEFERRED, started, started, deferral=DeferralReason.SHUTDOWN)
-        secrets: set[str] = set()
+        secrets = LazySecrets()
         receipt: Receipt | None = None
         error: DeliveryError | None = None
         retries = QuickRetries(
@@ -89,7 +90,7 @@ class Deliverer:
         )
         try:
             if job.destination is not None:
-                secrets.update(secret_values(job.destination.config))
+                secrets.add(functools.partial(secret_values, job.destination.config))
             receipt = self._deliver(job, secrets, retries)
         except Deferred as deferral:
             log.info(
@@ -120,7 +121,7 @@ class Deliverer:
         self._log(job, outcome)
         return outcome
 
-    def _deliver(self, job: Job, secrets: set[str], retries: QuickRetries) -> Receipt:
+    def _deliver(self, job: Job, secrets: LazySecrets, retries: QuickRetries) -> Receipt:
         if job.unreadable is not None:  # a JSON column the claim could not read (queues/json_columns.py)
             raise PermanentError(job.unreadable)
         destination = job.destination
@@ -133,7 +134,7 @@ class Deliverer:
             raise PermanentError(DISABLED[job.table])
         channel = self.registry.get(destination.channel_type)
         config = channel.parse_config(destination.config)
-        secrets.update(config.secrets())
+        secrets.add(config.secrets)
         payload = decode_payload(job.payload)
         alert = alert_from_payload(payload, tenant_id=job.tenant_id, alert_id=job.alert_id, event=job.event)
         delivery = Delivery(
@@ -194,7 +195,7 @@ class Deliverer:
         finished: datetime,
         receipt: Receipt | None,
         error: DeliveryError | None,
-        secrets: set[str],
+        secrets: Iterable[str],
     ) -> Outcome:
         if error is None:
             status = receipt.http_status if receipt else None

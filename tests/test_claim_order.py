@@ -15,6 +15,7 @@ import pytest
 from channels.alert import severity_rank
 from delivery_worker.db import Connection, connect, transaction
 from delivery_worker.jobs import Job
+from delivery_worker.queues import build_queues
 from delivery_worker.queues.claim_order import ClaimOrder, running_by_destination
 from delivery_worker.queues.delivery_jobs import DeliveryJobs
 from delivery_worker.queues.notification_jobs import NotificationJobs
@@ -29,7 +30,7 @@ from tests.rows import (
     job,
 )
 from tests.servers.http import Reply
-from tests.support import SAMPLE_PAYLOAD
+from tests.support import SAMPLE_PAYLOAD, make_settings
 
 POLICY = RetryPolicy(
     max_attempts=5,
@@ -336,3 +337,15 @@ def processing(dsn: str, channel_id: int) -> int:
         (channel_id,),
     )
     return int(rows[0]["n"])
+
+
+def test_no_share_lets_one_destination_fill_the_threads_and_the_tasks_claimed_ahead(database, conn):
+    """``max_in_flight_per_destination = 0``: a destination running on every thread still gets the
+    tasks claimed ahead of them (capped at the threads, one busy destination had none queued)."""
+    busy = webhook(database)
+    for _ in range(12):
+        job_with(database, busy, 3)
+    settings = make_settings(worker={"threads": 8, "batch_size": 50, "max_in_flight_per_destination": 0})
+    queue = build_queues(settings)[0]
+    assert len(claim(conn, queue, 16, {str(busy): 8})) == 8  # 8 threads + 8 ahead (at most a batch)
+    assert claim(conn, queue, 16, {str(busy): 16}) == []

@@ -22,7 +22,7 @@ from delivery_worker.config import redact_dsn
 from delivery_worker.delivery import Deliverer
 from delivery_worker.destinations import DestinationGuard
 from delivery_worker.jobs import Destination, Job, Table
-from delivery_worker.redaction import secret_values
+from delivery_worker.redaction import LazySecrets, secret_values
 from delivery_worker.retry import RetryPolicy
 from tests.support import SAMPLE_PAYLOAD, make_delivery, make_settings
 
@@ -165,3 +165,15 @@ def test_an_internal_error_is_logged_without_traceback_or_secret(monkeypatch):
     internal = [line for line in logs if line["event"] == "job.internal_error"]
     assert internal and "exc_info" not in internal[0] and internal[0]["error"].startswith("ValueError: ")
     assert str(outcome.error).startswith("internal error: ValueError: Invalid header value")
+
+
+def test_lazy_secrets_read_every_source_once_and_mask_like_the_set():
+    calls: list[str] = []
+    secrets = LazySecrets()
+    secrets.add(lambda: calls.append("raw") or secret_values({"url": SLACK}))
+    assert calls == []  # nothing is worked out until a text needs masking
+    secrets.add(lambda: calls.append("parsed") or {"parsed-secret-value"})
+    text = f"POST {SLACK} said parsed-secret-value"
+    assert redact(text, secrets) == f"POST {MASK} said {MASK}"
+    assert redact(text, secrets) == redact(text, secret_values({"url": SLACK}) | {"parsed-secret-value"})
+    assert calls == ["raw", "parsed"]

@@ -45,6 +45,7 @@ class JobQueue(Protocol):
 
 def build_queues(settings: Settings) -> list[JobQueue]:
     """Both tables, polled in turn by one loop."""
+    from delivery_worker.claim_ahead import ClaimAhead
     from delivery_worker.queues.claim_order import ClaimOrder
     from delivery_worker.queues.delivery_jobs import DeliveryJobs
     from delivery_worker.queues.notification_jobs import NotificationJobs
@@ -52,9 +53,12 @@ def build_queues(settings: Settings) -> list[JobQueue]:
     worker = settings.worker
     policy = RetryPolicy.from_settings(worker)
     lease = worker.lease_seconds
+    # 0: no share, i.e. as many as this worker holds, tasks claimed ahead of the threads included (the
+    # cap counts those too; capped at the threads alone, one busy destination got no claim-ahead).
+    everything = ClaimAhead(worker.threads, worker.batch_size).held_at_most
     order = ClaimOrder(
         max_priority_wait_seconds=worker.max_priority_wait_seconds,
-        max_in_flight_per_destination=worker.max_in_flight_per_destination or worker.threads,
+        max_in_flight_per_destination=worker.max_in_flight_per_destination or everything,
     )
     return [
         NotificationJobs(lease_seconds=lease, policy=policy, order=order),

@@ -209,7 +209,7 @@ class ClaimOrder:
     """The claim's two settings ([worker] max_priority_wait_seconds, max_in_flight_per_destination)."""
 
     max_priority_wait_seconds: float = 60.0
-    max_in_flight_per_destination: int = 4  # already resolved: 0 in the config means the thread count
+    max_in_flight_per_destination: int = 4  # already resolved: 0 in the config means all the worker holds
 
 
 def destination_key(job: Job) -> str | None:

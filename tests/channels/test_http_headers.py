@@ -71,3 +71,39 @@ def test_good_headers_are_sent_as_given_and_framing_is_ours(registry):
     assert sum(line.startswith("content-length:") for line in head) == 1
     assert not any(line.startswith("transfer-encoding:") for line in head)
     assert sum(line.startswith("host:") for line in head) == 1
+
+
+def test_a_cookie_one_receiver_sets_never_travels_with_the_next_post(registry):
+    """One session serves every tenant: a Set-Cookie from one tenant's receiver must not be sent with
+    another tenant's alert to the same host."""
+    answer = b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=tenant-a-cookie; Path=/\r\nContent-Length: 0\r\n\r\n"
+    with raw_http_server(lambda c: c.send(answer)) as server:
+        channel = WebhookChannel(registry.context)
+        for path in ("/tenant-a", "/tenant-b"):
+            channel.send(channel.parse_config({"url": server.url(path)}), make_delivery())
+    assert len(server.requests) == 2
+    assert b"tenant-a-cookie" not in server.requests[1]
+    assert b"\r\ncookie:" not in server.requests[1].lower()
+
+
+def test_configured_headers_replace_the_defaults_whatever_their_case(registry):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    headers = {"user-agent": "receiver-wants-this/1", "ACCEPT": "application/json"}
+    with raw_http_server(lambda c: c.send(answer)) as server:
+        channel = WebhookChannel(registry.context)
+        channel.send(channel.parse_config({"url": server.url(), "headers": headers}), make_delivery())
+    head = server.requests[0].partition(b"\r\n\r\n")[0].decode("latin-1").lower().split("\r\n")
+    assert [line for line in head if line.startswith("user-agent:")] == ["user-agent: receiver-wants-this/1"]
+    assert [line for line in head if line.startswith("accept:")] == ["accept: application/json"]
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(registry):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    with raw_http_server(lambda c: c.send(answer)) as server:
+        channel = WebhookChannel(registry.context)
+        url = server.url("/hook?x=1").replace("http://", "http://alice:s%20cret@")
+        channel.send(channel.parse_config({"url": url}), make_delivery())
+    request_line, _, rest = server.requests[0].partition(b"\r\n")
+    assert request_line == b"POST /hook?x=1 HTTP/1.1"
+    # base64 of "alice:s cret": the userinfo is unquoted, as requests always did
+    assert b"\r\nAuthorization: Basic YWxpY2U6cyBjcmV0\r\n" in b"\r\n" + rest
