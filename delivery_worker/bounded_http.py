@@ -134,3 +134,19 @@ class BoundedHTTPServer(HTTPServer):
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
         self.shutdown_request(conn)
+
+
+def send_reply(
+    handler: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes, *, send_body: bool
+) -> None:
+    """One answer of the worker's listeners (health.py, and supervisor_http.py for several
+    processes): never cached; a 405 says which methods are allowed; HEAD gets the headers only."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Cache-Control", "no-store")
+    if status == 405:
+        handler.send_header("Allow", "GET, HEAD")
+    handler.end_headers()
+    if send_body:
+        handler.wfile.write(body)

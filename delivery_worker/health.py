@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 
-from delivery_worker.bounded_http import BoundedHTTPServer
+from delivery_worker.bounded_http import BoundedHTTPServer, send_reply
 from delivery_worker.db import (
     APPLICATION_NAME,
     PROBE_SESSION,
@@ -257,15 +257,7 @@ def _handler(
                 self._reply(404, "text/plain; charset=utf-8", hint, send_body)
 
         def _reply(self, status: int, content_type: str, body: bytes, send_body: bool) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            if status == 405:
-                self.send_header("Allow", "GET, HEAD")
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            send_reply(self, status, content_type, body, send_body=send_body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # probes every few seconds would drown the job log lines

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 
-from delivery_worker.bounded_http import BoundedHTTPServer
+from delivery_worker.bounded_http import BoundedHTTPServer, send_reply
 from delivery_worker.metrics_merge import merge_expositions
 
 log = structlog.get_logger("delivery_worker.supervisor_http")
@@ -162,15 +162,7 @@ def _handler(listener: ProcessesListener) -> type[BaseHTTPRequestHandler]:
             self._reply(status, content_type, body, send_body)
 
         def _reply(self, status: int, content_type: str, body: bytes, send_body: bool) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            if status == 405:
-                self.send_header("Allow", "GET, HEAD")
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            send_reply(self, status, content_type, body, send_body=send_body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

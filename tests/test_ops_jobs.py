@@ -6,15 +6,9 @@ environment only; the worker either drains in this process or runs as a child `d
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
-from delivery_worker.cli import main
+from tests.ops_cli import Cli
 from tests.processes import start_worker, wait_until
 from tests.rows import (
     drain,
@@ -27,36 +21,6 @@ from tests.rows import (
     log_rows,
 )
 from tests.servers.http import RecordingServer, Reply
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Run]
-
-
-@pytest.fixture
-def cli(database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("DELIVERY_WORKER_") or name.startswith("WORKER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DATABASE_URL", database)
-    monkeypatch.setenv("DELIVERY_WORKER_HTTP_ALLOWED_NETWORKS", "127.0.0.0/8")
-
-    def run(*argv: str) -> Run:
-        capsys.readouterr()  # drop what an in-process worker wrote before
-        code = main(["--config", "/dev/null", *argv])
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 def attempts_of(dsn: str, job_id: int) -> list[dict[str, Any]]:

@@ -58,10 +58,9 @@ _DUE_JOBS_OF_R = """SELECT j.job_id, j.tenant_id, j.next_run_at,
                AND j.status = 'PENDING' AND j.next_run_at <= now()
                AND {waits_for_earlier_event}"""
 
-# The common part of both tables' CLAIM: it ends with ``chosen``, the locked job ids in claim order.
-ORDERED_CANDIDATES = """
-WITH RECURSIVE destinations AS (
-    -- Every (tenant, destination) with due work, one index probe each (a loose index scan).
+# Every (tenant, destination) with due work, one index probe each (a loose index scan): the claim
+# and the "anything due?" check both walk the queue this way.
+DUE_DESTINATIONS = """destinations AS (
     (SELECT tenant_id, {destination} AS destination
      FROM {table}
      WHERE status = 'PENDING' AND next_run_at <= now()
@@ -78,7 +77,14 @@ WITH RECURSIVE destinations AS (
         ORDER BY tenant_id, {destination}
         LIMIT 1
     ) AS next
-),
+)"""
+
+# The common part of both tables' CLAIM: it ends with ``chosen``, the locked job ids in claim order.
+ORDERED_CANDIDATES = (
+    """
+WITH RECURSIVE """
+    + DUE_DESTINATIONS
+    + """,
 room AS (
     -- What each destination may still take: its cap minus what this worker runs there now.
     -- A paused destination or tenant (`delivery-worker pause`) takes nothing: its jobs wait, unspent.
@@ -134,6 +140,7 @@ chosen AS (
     FOR UPDATE OF j SKIP LOCKED
 )
 """
+)
 
 
 def ordered_claim(table: Table, destination: str, chosen_columns: str, update: str) -> str:
@@ -172,27 +179,14 @@ def not_paused(table: Table, tenant: str, destination: str) -> str:
 # Whether a claim could find anything: some (tenant, destination) with due work that is not paused.
 # It walks the destinations as the claim does (one index probe each) and stops at the first one
 # not paused, so jobs waiting behind a pause cost one probe per paused destination, not per job.
-_ANY_DUE_UNPAUSED = """
-WITH RECURSIVE destinations AS (
-    (SELECT tenant_id, {destination} AS destination
-     FROM {table}
-     WHERE status = 'PENDING' AND next_run_at <= now()
-     ORDER BY tenant_id, {destination}
-     LIMIT 1)
-    UNION ALL
-    SELECT next.tenant_id, next.destination
-    FROM destinations AS d
-    CROSS JOIN LATERAL (
-        SELECT tenant_id, {destination} AS destination
-        FROM {table}
-        WHERE status = 'PENDING' AND next_run_at <= now()
-          AND (tenant_id, {destination}) > (d.tenant_id, d.destination)
-        ORDER BY tenant_id, {destination}
-        LIMIT 1
-    ) AS next
-)
+_ANY_DUE_UNPAUSED = (
+    """
+WITH RECURSIVE """
+    + DUE_DESTINATIONS
+    + """
 SELECT EXISTS (SELECT 1 FROM destinations AS d WHERE {not_paused})
 """
+)
 
 
 def any_due_unpaused(table: Table, destination: str) -> str:
