@@ -78,41 +78,31 @@ CREATE TRIGGER delivery_worker_severity_rank
     FOR EACH ROW EXECUTE FUNCTION delivery_worker_store_severity_rank();
 
 -- migrate:no-transaction
--- Backfill notification_jobs: jobs queued before this migration (finished ones are never claimed
--- again, so they keep 0), 1,000 at a time in job_id order, each batch its own short transaction:
--- one UPDATE of every PENDING row would hold their row locks (and the claim's) while it runs.
+-- Backfill both queues: jobs queued before this migration (finished ones are never claimed again,
+-- so they keep 0), 1,000 at a time in job_id order, each batch its own short transaction: one
+-- UPDATE of every PENDING row would hold their row locks (and the claim's) while it runs.
 DO $$
 DECLARE
-    batch_start bigint := 0;
+    queue text;
+    batch_start bigint;
     batch_end bigint;
 BEGIN
-    LOOP
-        SELECT job_id INTO batch_end FROM notification_jobs
-        WHERE status = 'PENDING' AND job_id >= batch_start ORDER BY job_id OFFSET 1000 LIMIT 1;
-        UPDATE notification_jobs SET severity_rank = delivery_worker_severity_rank(payload_json)
-        WHERE status = 'PENDING' AND job_id >= batch_start AND (batch_end IS NULL OR job_id < batch_end)
-          AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json);
-        COMMIT;
-        EXIT WHEN batch_end IS NULL;
-        batch_start := batch_end;
-    END LOOP;
-END
-$$;
--- The same for delivery_jobs.
-DO $$
-DECLARE
-    batch_start bigint := 0;
-    batch_end bigint;
-BEGIN
-    LOOP
-        SELECT job_id INTO batch_end FROM delivery_jobs
-        WHERE status = 'PENDING' AND job_id >= batch_start ORDER BY job_id OFFSET 1000 LIMIT 1;
-        UPDATE delivery_jobs SET severity_rank = delivery_worker_severity_rank(payload_json)
-        WHERE status = 'PENDING' AND job_id >= batch_start AND (batch_end IS NULL OR job_id < batch_end)
-          AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json);
-        COMMIT;
-        EXIT WHEN batch_end IS NULL;
-        batch_start := batch_end;
+    FOREACH queue IN ARRAY ARRAY['notification_jobs', 'delivery_jobs'] LOOP
+        batch_start := 0;
+        LOOP
+            EXECUTE format(
+                'SELECT job_id FROM %I WHERE status = ''PENDING'' AND job_id >= $1'
+                ' ORDER BY job_id OFFSET 1000 LIMIT 1', queue)
+                INTO batch_end USING batch_start;
+            EXECUTE format(
+                'UPDATE %I SET severity_rank = delivery_worker_severity_rank(payload_json)'
+                ' WHERE status = ''PENDING'' AND job_id >= $1 AND ($2::bigint IS NULL OR job_id < $2)'
+                '   AND severity_rank IS DISTINCT FROM delivery_worker_severity_rank(payload_json)', queue)
+                USING batch_start, batch_end;
+            COMMIT;
+            EXIT WHEN batch_end IS NULL;
+            batch_start := batch_end;
+        END LOOP;
     END LOOP;
 END
 $$;
