@@ -76,6 +76,22 @@ def insert_integration(
     return integration_id
 
 
+def insert_email_integration(dsn: str, smtp_port: int, **columns: Any) -> str:
+    """An email integration sending to ops@acme.test through a plain-text SMTP server on 127.0.0.1."""
+    return insert_integration(
+        dsn,
+        "email",
+        email_config={
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "use_tls": False,
+            "from_address": "a@pulse.test",
+        },
+        email_recipients={"to": ["ops@acme.test"]},
+        **columns,
+    )
+
+
 def insert_route(dsn: str, integration_id: str, *, tenant_id: str = "tenant-a") -> str:
     route_id = str(uuid.uuid4())
     execute(

@@ -10,6 +10,7 @@ from tests.rows import (
     drain,
     insert_channel,
     insert_delivery_job,
+    insert_email_integration,
     insert_integration,
     insert_notification_job,
     job,
@@ -61,18 +62,7 @@ def test_email_channel_through_notification_jobs(database):
 
 def test_email_integration_with_web_ui_spelling(database):
     with smtp_server() as server:
-        integration = insert_integration(
-            database,
-            "email",
-            email_config={
-                "host": "127.0.0.1",
-                "port": server.port,
-                "use_tls": False,
-                "from_address": "a@pulse.test",
-            },
-            email_recipients={"to": ["ops@acme.test"]},
-            email_template={"format": "html"},
-        )
+        integration = insert_email_integration(database, server.port, email_template={"format": "html"})
         job_id = insert_delivery_job(database, integration)
 
         drain(database)

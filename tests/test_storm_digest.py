@@ -19,7 +19,7 @@ from tests.rows import (
     execute,
     insert_channel,
     insert_delivery_job,
-    insert_integration,
+    insert_email_integration,
     insert_notification_job,
     integration_payload,
     log_rows,
@@ -201,18 +201,7 @@ def test_a_storm_of_one_tenant_never_delays_or_absorbs_another_tenants_alert(dat
 
 def test_email_integration_storm_is_one_digest_email_when_email_is_rate_limited(database):
     with smtp_server() as server:
-        integration = insert_integration(
-            database,
-            "email",
-            email_config={
-                "host": "127.0.0.1",
-                "port": server.port,
-                "use_tls": False,
-                "from_address": "a@pulse.test",
-            },
-            email_recipients={"to": ["ops@acme.test"]},
-            email_template={"format": "html"},
-        )
+        integration = insert_email_integration(database, server.port, email_template={"format": "html"})
         jobs = [insert_delivery_job(database, integration) for _ in range(8)]
         critical = dict(integration_payload(1), severity=5, summary="Cooling failed <b>now</b>")
         jobs.append(insert_delivery_job(database, integration, critical))
@@ -239,17 +228,7 @@ def test_email_integration_storm_is_one_digest_email_when_email_is_rate_limited(
 
 def test_email_integrations_without_a_rate_limit_send_one_email_per_alert(database):
     with smtp_server() as server:
-        integration = insert_integration(
-            database,
-            "email",
-            email_config={
-                "host": "127.0.0.1",
-                "port": server.port,
-                "use_tls": False,
-                "from_address": "a@pulse.test",
-            },
-            email_recipients={"to": ["ops@acme.test"]},
-        )
+        integration = insert_email_integration(database, server.port)
         for _ in range(3):
             insert_delivery_job(database, integration)
         worker = start_worker(database)  # [rate_limits] email = 0: no digests
